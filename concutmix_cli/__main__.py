@@ -1,0 +1,3 @@
+from concutmix_cli.cli import main
+
+main()

@@ -1,0 +1,266 @@
+"""The run configuration: pydantic models, TOML presets and `--set section.key=value` overrides.
+
+One source of truth: a preset (TOML) loads into `Config`, command-line options and `--set`
+overrides go on top, and the resolved `Config` is what a run saves in `config.json` and in the
+metadata of every weights file. Unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from concutmix_cli.errors import UserError
+
+METHODS = ("ce", "cutmix", "bcl", "concutmix")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the prepared data is and how training views are made."""
+
+    path: str = "data/synthetic-lt-if100"
+    """A folder written by `concutmix prepare` (holds manifest.json)."""
+    views: Literal["cifar", "imagenet"] = "cifar"
+    """Augmentation recipe of METHOD.md section 2: 32x32 CIFAR views or 224x224 ImageNet-like views."""
+    augment_on: Literal["loader", "device"] = "loader"
+    """`loader`: torchvision transforms on PIL images in DataLoader workers; `device`: batched on the
+    training device (CIFAR-sized in-memory data only)."""
+    num_workers: int = Field(-1, ge=-1)
+    """DataLoader worker processes; -1 picks from the machine (CPU count, capped)."""
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet32", "resnet50", "resnext50_32x4d"] = "resnet32"
+    cosine_scale: float = Field(30.0, gt=0)
+    """s in logits = s * normalize(h) @ normalize(W)."""
+    proj_hidden: int = Field(512, ge=1)
+    proj_dim: int = Field(128, ge=1)
+    sync_batchnorm: bool = False
+    """Convert BatchNorm to SyncBatchNorm under torchrun (DDP)."""
+
+
+class OptimConfig(_Section):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+    """Global batch size: under torchrun each of the G processes takes batch_size / G."""
+    lr: float = Field(0.15, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+    warmup_epochs: int = Field(5, ge=0)
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: list[int] = [160, 180]
+    gamma: float = Field(0.1, gt=0)
+    accumulate: int = Field(1, ge=1)
+    """Gradient accumulation: optimizer step every `accumulate` batches."""
+
+
+class MethodConfig(_Section):
+    """The training method and its terms (METHOD.md sections 3, 5 and 6)."""
+
+    name: Literal["ce", "cutmix", "bcl", "concutmix"] = "concutmix"
+    alpha: float = Field(2.0, ge=0)
+    """Weight of the classification loss."""
+    beta: float = Field(0.6, ge=0)
+    """Weight of the balanced contrastive loss."""
+    temperature: float = Field(0.1, gt=0)
+    tau: float = Field(0.9, ge=0)
+    """Logit adjustment strength (used by bcl and concutmix; ce and cutmix train on raw logits)."""
+    cutmix_prob: float = Field(0.5, ge=0, le=1)
+    cutmix_beta: float = Field(1.0, gt=0)
+    """lambda ~ Beta(cutmix_beta, cutmix_beta)."""
+    omega: float = Field(20 / 255, ge=0)
+    top_k: int = Field(30, ge=1)
+    rectify_start_epoch: int = Field(100, ge=0)
+    """E_r: rectification is used from this (0-based) epoch on; before it, mixed batches use the
+    lambda-weighted loss of the two labels."""
+
+
+class RuntimeConfig(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """auto: bf16 on CUDA cards that support it, fp16 with a grad scaler on older cards, fp32 on CPU."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    keep: int = Field(1, ge=1)
+    """How many epoch checkpoints to keep besides last.safetensors."""
+    max_bad_steps: int = Field(0, ge=0)
+    """Non-finite losses to skip (batch dropped) before the run stops; 0 stops at the first."""
+    max_steps_per_epoch: int = Field(0, ge=0)
+    """Cap on steps per epoch (0 = the whole epoch); for smoke runs and benchmarks."""
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    method: MethodConfig = MethodConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    preset: str = "custom"
+    """The name of the preset this config came from (informational)."""
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Config":
+        if self.method.name in ("bcl", "concutmix") and self.optim.batch_size < 2:
+            raise ValueError(
+                f"optim.batch_size must be at least 2 for the contrastive loss of "
+                f"{self.method.name} (got {self.optim.batch_size}); use --batch-size 2 or more"
+            )
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), indent=2, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def _packaged_presets_dir() -> Path | None:
+    try:
+        root = resources.files("concutmix_cli.presets")
+    except (ModuleNotFoundError, TypeError):
+        return None
+    path = Path(str(root))
+    return path if path.is_dir() else None
+
+
+def presets_dir() -> Path:
+    """The folder of shipped presets: the installed package's, else the checkout's `presets/`."""
+    packaged = _packaged_presets_dir()
+    if packaged is not None and any(packaged.glob("*.toml")):
+        return packaged
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset by name (`cifar100-lt-if100`) or by path to a TOML file."""
+    as_path = Path(name_or_path)
+    if as_path.suffix == ".toml" or as_path.exists():
+        if not as_path.is_file():
+            raise UserError(f"preset file not found: {name_or_path}")
+        return as_path
+    candidate = presets_dir() / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        raise UserError(
+            f"unknown preset '{name_or_path}'; shipped presets: {', '.join(list_presets())}"
+        )
+    return candidate
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed where an unknown key `loc` was found (for the error message)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(
+                field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _format_validation_error(err: ValidationError, origin: str,
+                             sources: dict[str, str] | None = None) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    sources = sources or {}
+    where = sources.get(key) or next(
+        (v for k, v in sources.items() if key and k.startswith(key + ".")), origin)
+    if not key:  # a check across sections (model validator): its message names the keys
+        return f"config: {first.get('ctx', {}).get('error') or first['msg']}"
+    if kind == "extra_forbidden":
+        known = _known_keys(first["loc"])
+        hint = f"; known keys here: {', '.join(known)}" if known else ""
+        return f"{where}: unknown key '{key}'{hint}"
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a table"
+    return f"{where}: bad value for '{key}' ({shown}): {first['msg']}"
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "config",
+                     sources: dict[str, str] | None = None) -> Config:
+    """Validate a raw config; errors name the key and where its value came from (`sources`:
+    dotted key -> origin, for command-line values)."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, origin, sources)) from None
+
+
+def load_preset_dict(name_or_path: str) -> dict[str, Any]:
+    path = resolve_preset(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"preset {path}: not valid TOML ({err})") from None
+    except OSError as err:
+        raise UserError(f"preset {path}: cannot read ({err.strerror})") from None
+    raw.setdefault("preset", path.stem)
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as a TOML value, falling back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key=value` override to a raw config dict (in place)."""
+    if "=" not in assignment:
+        raise UserError(f"--set expects section.key=value, got '{assignment}'")
+    dotted, text = assignment.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"--set expects section.key=value, got '{assignment}'")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = _parse_value(text.strip())
+
+
+def build_config(
+    preset: str | None = None,
+    base: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    shortcuts: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a config: base dict (or preset) < shortcut options < `--set` overrides."""
+    raw: dict[str, Any] = json.loads(json.dumps(base)) if base is not None else {}
+    if preset is not None:
+        raw = load_preset_dict(preset)
+    sources: dict[str, str] = {}
+    for dotted, value in (shortcuts or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".")
+        raw.setdefault(section, {})[key] = value
+        sources[dotted] = f"command-line option for {dotted}"
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+        sources[".".join(p for p in assignment.split("=", 1)[0].strip().split(".") if p)] = (
+            f"--set {assignment}")
+    return config_from_dict(raw, origin=f"preset {preset}" if preset else "config",
+                            sources=sources)

@@ -1,0 +1,923 @@
+"""The CIFAR training views of METHOD.md section 2, batched, on the training device.
+
+`views.py` is the loader path: torchvision transforms applied to one PIL image at a time in
+DataLoader workers. This module is its batched equivalent for data held as one uint8 tensor: it
+takes a uint8 batch ``[N, 3, H, W]`` already on the device (GPU in practice, CPU works too) and
+applies the same views with PER-SAMPLE random parameters, without a Python loop over images.
+
+- view 0 (`DeviceViews.classify`): RandomCrop(size, padding 4, zero fill), horizontal flip p 0.5,
+  AutoAugment with torchvision's CIFAR-10 policy (table and magnitudes read from torchvision itself),
+  to [0, 1], normalize.
+- views 1, 2 (`DeviceViews.contrast`): RandomResizedCrop(size, scale (0.2, 1), ratio (3/4, 4/3)),
+  flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with p 0.8 (per-sample random order of the four ops),
+  grayscale p 0.2, Gaussian blur (kernel 13, sigma U(0.1, 2)) with p 0.5, to [0, 1], normalize.
+
+Randomness: every random parameter is drawn on the CPU from the caller's ``torch.Generator``
+(small per-sample tensors), derived on the CPU (blend weights, affine matrices, blur kernels,
+interpolation indices), then shipped to the images' device in one transfer per dtype. The same
+generator state therefore gives bit-identical parameters on every device.
+
+Semantics follow torchvision's tensor kernels on uint8 images (``torchvision.transforms.v2.functional``):
+every operation reads uint8 and writes uint8 (rounded or truncated as torchvision does), like the
+PIL path, which rounds to uint8 after each operation. Operations without per-sample parameters
+(autocontrast, equalize, invert, grayscale) call torchvision directly on the group of samples that
+drew them; operations with per-sample parameters are re-implemented here with the same arithmetic
+and per-sample factors. Known differences from the PIL path are listed in `PIL_DIFFERENCES`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as nnf
+from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+from torchvision.transforms.v2 import functional as TF
+
+from .views import CIFAR_BLUR_KERNEL
+
+__all__ = [
+    "DeviceViews",
+    "ClassifyParams",
+    "ContrastParams",
+    "AutoAugmentTable",
+    "PIL_DIFFERENCES",
+    "crop_flip",
+    "resized_crop_flip",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "adjust_hue",
+    "adjust_sharpness",
+    "posterize",
+    "solarize",
+    "grayscale",
+    "gaussian_blur",
+    "autoaugment_inverse_matrices",
+    "affine_nearest",
+    "apply_autoaugment_op",
+]
+
+PIL_DIFFERENCES = (
+    "Pixel arithmetic is torchvision's tensor arithmetic on uint8, not PIL's fixed-point arithmetic: "
+    "brightness/contrast/saturation/sharpness blends truncate instead of rounding, grayscale (also "
+    "inside saturation/contrast) truncates 0.2989R+0.587G+0.114B where PIL rounds 299/587/114, "
+    "PIL's Contrast uses the mean of L rounded to an integer, PIL's hue works on uint8 HSV (hue "
+    "shift quantized to 1/255); each costs at most about one uint8 step per operation.",
+    "Nearest-neighbour affine ops (AutoAugment Rotate/Shear/Translate) use grid_sample like "
+    "torchvision's tensor path; PIL's affine can pick the neighbouring source pixel at rounding ties.",
+    "RandomResizedCrop resizes with float bilinear interpolation (align_corners False, no antialias) "
+    "rounded to uint8; on CIFAR the crop is never larger than the output, so PIL's antialias filter "
+    "reduces to the same bilinear filter (fixed-point there, so +-1 step). Inputs larger than "
+    "image_size would be downscaled without antialias (not a CIFAR case).",
+    "Random streams differ: the PIL path draws from the global torch RNG image by image; this path "
+    "draws per-sample tensors from the given generator. Distributions are the same, samples are not.",
+)
+
+_UINT8_MAX = 255.0
+
+# AutoAugment operation names (torchvision's names) and the ones this module merges into one
+# nearest-neighbour affine warp with per-sample matrices.
+_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+_AA_OPS = _GEOMETRIC + (
+    "Brightness",
+    "Color",
+    "Contrast",
+    "Sharpness",
+    "Posterize",
+    "Solarize",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Identity",
+)
+_OP_ID = {name: i for i, name in enumerate(_AA_OPS)}
+
+# ColorJitter operation order ids, as in torchvision's ColorJitter (fn_idx = randperm(4)).
+_JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # order ids of ContrastParams.order
+
+
+# --------------------------------------------------------------------------------------------
+# AutoAugment table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutoAugmentTable:
+    """torchvision's AutoAugment policy as tensors: [P, 2] per (sub-policy, slot)."""
+
+    op: torch.Tensor  # int64 op id (index into _AA_OPS)
+    prob: torch.Tensor  # float64 probability of applying
+    magnitude: torch.Tensor  # float64 unsigned magnitude (0 for ops without one)
+    signed: torch.Tensor  # bool: negate with probability 0.5
+
+    @property
+    def num_policies(self) -> int:
+        return int(self.op.shape[0])
+
+    @staticmethod
+    def from_torchvision(
+        policy: AutoAugmentPolicy = AutoAugmentPolicy.CIFAR10, image_size: tuple[int, int] = (32, 32)
+    ) -> "AutoAugmentTable":
+        aa = AutoAugment(policy)
+        policies = aa.policies
+        space = aa._augmentation_space(10, image_size)  # noqa: SLF001 - the documented source of truth
+        n = len(policies)
+        op = torch.empty(n, 2, dtype=torch.int64)
+        prob = torch.empty(n, 2, dtype=torch.float64)
+        mag = torch.zeros(n, 2, dtype=torch.float64)
+        signed = torch.zeros(n, 2, dtype=torch.bool)
+        for p, sub in enumerate(policies):
+            for s, (name, pr, bin_id) in enumerate(sub):
+                if name not in _OP_ID:
+                    raise ValueError(f"AutoAugment op {name!r} is not supported by the device path")
+                magnitudes, is_signed = space[name]
+                op[p, s] = _OP_ID[name]
+                prob[p, s] = float(pr)
+                # exactly what AutoAugment.forward does: float(magnitudes[bin].item())
+                mag[p, s] = float(magnitudes[bin_id].item()) if bin_id is not None else 0.0
+                signed[p, s] = bool(is_signed)
+        return AutoAugmentTable(op, prob, mag, signed)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample parameters (drawn on the CPU from the caller's generator)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifyParams:
+    """Per-sample parameters of view 0 (CPU tensors, N rows)."""
+
+    top: torch.Tensor  # int64, crop offset in the padded image, 0..H+2p-size
+    left: torch.Tensor  # int64
+    flip: torch.Tensor  # bool
+    aa_op: torch.Tensor  # int64 [N, 2]: op id of each slot, -1 where the slot is not applied
+    aa_magnitude: torch.Tensor  # float64 [N, 2]: signed magnitude
+
+    def __len__(self) -> int:
+        return int(self.top.shape[0])
+
+
+@dataclass
+class ContrastParams:
+    """Per-sample parameters of views 1/2 (CPU tensors, N rows)."""
+
+    top: torch.Tensor  # int64 resized-crop box
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    flip: torch.Tensor  # bool
+    jitter: torch.Tensor  # bool: ColorJitter applied (p 0.8)
+    order: torch.Tensor  # int64 [N, 4]: op applied at step k (0 brightness, 1 contrast, 2 saturation, 3 hue)
+    brightness: torch.Tensor  # float32 factors, as torchvision draws them (float32 uniform_)
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    gray: torch.Tensor  # bool (p 0.2)
+    blur: torch.Tensor  # bool (p 0.5)
+    sigma: torch.Tensor  # float32, U(0.1, 2)
+
+    def __len__(self) -> int:
+        return int(self.top.shape[0])
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.float32).uniform_(low, high, generator=generator)
+
+
+def sample_resized_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torchvision's RandomResizedCrop.get_params, vectorized: (top, left, h, w) int64 [n]."""
+    area = float(height * width)
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
+    target = area * torch.empty(n, attempts, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    aspect = torch.exp(
+        torch.empty(n, attempts, dtype=torch.float64).uniform_(
+            float(log_ratio[0]), float(log_ratio[1]), generator=generator
+        )
+    )
+    w = torch.round(torch.sqrt(target * aspect)).to(torch.int64)  # round half to even, like Python round
+    h = torch.round(torch.sqrt(target / aspect)).to(torch.int64)
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.to(torch.int8).argmax(dim=1, keepdim=True)  # first valid attempt
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    # fallback (no valid attempt): torchvision's central crop with the ratio clamped
+    in_ratio = float(width) / float(height)
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    any_ok = ok.any(dim=1)
+    w = torch.where(any_ok, w, torch.full_like(w, fw))
+    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    top = torch.floor(u[:, 0] * (height - h + 1).to(torch.float64)).to(torch.int64).clamp_(max=height - h)
+    left = torch.floor(u[:, 1] * (width - w + 1).to(torch.float64)).to(torch.int64).clamp_(max=width - w)
+    top = torch.where(any_ok, top, torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(any_ok, left, torch.div(width - w, 2, rounding_mode="floor"))
+    return top, left, h, w
+
+
+# --------------------------------------------------------------------------------------------
+# Batched kernels with per-sample parameters. Images are uint8 [n, C, H, W]; per-sample
+# parameters are 1-D tensors of length n (moved to the images' device if needed).
+# --------------------------------------------------------------------------------------------
+
+
+def _col(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return t.to(device=device, dtype=dtype).reshape(-1, 1, 1, 1)
+
+
+def crop_flip(
+    images: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor,
+    size: int,
+    padding: int = 4,
+) -> torch.Tensor:
+    """Zero-pad by `padding`, crop `size` x `size` at (top, left) of the padded image, then flip
+    the samples with flip=True; equals TF.hflip(TF.crop(TF.pad(img, padding), top, left, size, size))."""
+    n, c, h, w = images.shape
+    dev = images.device
+    padded = nnf.pad(images, (padding, padding, padding, padding)) if padding > 0 else images
+    ph, pw = h + 2 * padding, w + 2 * padding
+    ar = torch.arange(size, device=dev)
+    top = top.to(dev, torch.int64)
+    left = left.to(dev, torch.int64)
+    flip = flip.to(dev, torch.bool)
+    rows = top[:, None] + ar  # [n, S]
+    cols = left[:, None] + torch.where(flip[:, None], size - 1 - ar, ar)  # [n, S]
+    index = (rows[:, :, None] * pw + cols[:, None, :]).reshape(n, 1, size * size).expand(n, c, size * size)
+    return padded.reshape(n, c, ph * pw).gather(2, index).reshape(n, c, size, size)
+
+
+def _bilinear_axis(start: torch.Tensor, length: torch.Tensor, size: int):
+    """torch's bilinear (align_corners=False) source indices/weights of a crop [start, start+length)
+    resized to `size`, in absolute coordinates: (i0, i1, lambda1), each [n, size]."""
+    scale = length.to(torch.float32) / float(size)  # area_pixel_compute_scale in float
+    dst = torch.arange(size, dtype=torch.float32)
+    src = (scale[:, None] * (dst[None, :] + 0.5) - 0.5).clamp_(min=0.0)
+    i0 = torch.minimum(torch.floor(src).to(torch.int64), (length - 1)[:, None])
+    lam = (src - i0.to(torch.float32)).clamp_(0.0, 1.0)
+    i1 = i0 + (i0 < (length - 1)[:, None]).to(torch.int64)
+    return i0 + start[:, None], i1 + start[:, None], lam
+
+
+def _resized_crop_tables(top, left, height, width, flip, size: int) -> dict[str, torch.Tensor]:
+    """CPU-side interpolation tables for `_resized_crop_apply` (flip folded into the columns)."""
+    y0, y1, ly = _bilinear_axis(top.to(torch.int64), height.to(torch.int64), size)
+    x0, x1, lx = _bilinear_axis(left.to(torch.int64), width.to(torch.int64), size)
+    f = flip.to(torch.bool)[:, None]
+    x0 = torch.where(f, x0.flip(1), x0)
+    x1 = torch.where(f, x1.flip(1), x1)
+    lx = torch.where(f, lx.flip(1), lx)
+    return {"y0": y0, "y1": y1, "ly": ly, "x0": x0, "x1": x1, "lx": lx}
+
+
+def _resized_crop_apply(images: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+    n, c, h, w = images.shape
+    s = t["y0"].shape[1]
+    img = images.to(torch.float32)
+
+    def rows(i):  # [n, c, s, w]
+        return img.gather(2, i[:, None, :, None].expand(n, c, s, w))
+
+    def cols(r, i):  # [n, c, s, s]
+        return r.gather(3, i[:, None, None, :].expand(n, c, s, s))
+
+    lx1 = t["lx"][:, None, None, :]
+    lx0 = 1.0 - lx1
+    ly1 = t["ly"][:, None, :, None]
+    ly0 = 1.0 - ly1
+    r0, r1 = rows(t["y0"]), rows(t["y1"])
+    # Horizontal pass, rounded to uint8 values, then vertical pass: PIL's two-pass resampling
+    # (torchvision's uint8 resize does the same), so the result matches the loader path.
+    # PIL rounds half up (fixed point plus one half), not half to even.
+    top = cols(r0, t["x0"]).mul_(lx0).add_(cols(r0, t["x1"]).mul_(lx1)).add_(0.5).floor_()
+    bot = cols(r1, t["x0"]).mul_(lx0).add_(cols(r1, t["x1"]).mul_(lx1)).add_(0.5).floor_()
+    out = top.mul_(ly0).add_(bot.mul_(ly1))
+    return out.add_(0.5).floor_().clamp_(0.0, _UINT8_MAX).to(torch.uint8)
+
+
+def resized_crop_flip(
+    images: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    height: torch.Tensor,
+    width: torch.Tensor,
+    flip: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
+    """Per-sample crop (top, left, height, width), bilinear resize to size x size (align_corners
+    False, edge-clamped inside the crop, no antialias), rounded to uint8, then horizontal flip."""
+    t = _resized_crop_tables(top.cpu(), left.cpu(), height.cpu(), width.cpu(), flip.cpu(), size)
+    t = {k: v.to(images.device) for k, v in t.items()}
+    return _resized_crop_apply(images, t)
+
+
+def _gray_float(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's luma (0.2989, 0.587, 0.114) in float32, [n, 1, H, W], same op order."""
+    r, g, b = images.unbind(dim=-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
+
+
+def _ratio_alpha(factor: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(factor, 1 - factor) as float32 columns; 1 - factor is computed in the factor's own precision
+    first (torchvision computes it in double from the Python float)."""
+    f = factor if factor.is_floating_point() else factor.to(torch.float64)
+    return _col(f, device, torch.float32), _col(1.0 - f, device, torch.float32)
+
+
+def _mixed_blend(
+    images: torch.Tensor,
+    ratio: torch.Tensor,
+    alpha: torch.Tensor,
+    w_gray: torch.Tensor | None,
+    w_mean: torch.Tensor | None,
+) -> torch.Tensor:
+    """Brightness, contrast, saturation and identity in one pass with per-sample parameters:
+    ``images * ratio + other * alpha`` with ``other = gray * w_gray + mean(gray) * w_mean``.
+    Brightness: alpha 0; contrast: w_mean 1; saturation: w_gray 1; identity: ratio 1, alpha 0.
+    The 0/1 weights make every selection exact; `None` weights mean "no sample needs it"."""
+    x = images.to(torch.float32).mul_(ratio)
+    if w_gray is not None or w_mean is not None:
+        gray = _gray_float(images).floor_()
+        other = None
+        if w_mean is not None:
+            other = gray.mean(dim=(-3, -2, -1), keepdim=True).mul_(w_mean)
+        if w_gray is not None:
+            gray = gray.mul_(w_gray)
+            other = gray if other is None else gray.add_(other)
+        x.add_(other.mul_(alpha))
+    return x.clamp_(0.0, _UINT8_MAX).to(torch.uint8)
+
+
+def _pointwise_luts(op: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """uint8 [n, 256] lookup tables of the AutoAugment ops that map each value on its own
+    (Brightness, Posterize, Solarize, Invert; identity otherwise), torchvision arithmetic."""
+    n = op.shape[0]
+    v8 = torch.arange(256, dtype=torch.int64).expand(n, 256)
+    vf = v8.to(torch.float32)
+    m = magnitude.to(torch.float64)[:, None]
+    lut = v8.clone()
+    sel = (op == _OP_ID["Brightness"])[:, None]
+    lut = torch.where(sel, vf.mul((1.0 + m).to(torch.float32)).clamp_(0.0, _UINT8_MAX).to(torch.int64), lut)
+    sel = (op == _OP_ID["Posterize"])[:, None]
+    bits = torch.trunc(m).to(torch.int64).clamp(0, 8)
+    lut = torch.where(sel, v8 & (((1 << bits) - 1) << (8 - bits)), lut)
+    sel = (op == _OP_ID["Solarize"])[:, None]
+    lut = torch.where(sel & (vf >= m.to(torch.float32)), 255 - v8, lut)
+    sel = (op == _OP_ID["Invert"])[:, None]
+    lut = torch.where(sel, 255 - v8, lut)
+    return lut.to(torch.uint8)
+
+
+def _apply_luts(images: torch.Tensor, luts: torch.Tensor) -> torch.Tensor:
+    n = images.shape[0]
+    return luts.gather(1, images.reshape(n, -1).to(torch.int64)).view_as(images)
+
+
+def adjust_brightness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample TF.adjust_brightness (uint8 in, uint8 out)."""
+    ratio, _ = _ratio_alpha(factor, images.device)
+    return _mixed_blend(images, ratio, torch.zeros_like(ratio), None, None)
+
+
+def adjust_saturation(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample TF.adjust_saturation (uint8 in, uint8 out)."""
+    ratio, alpha = _ratio_alpha(factor, images.device)
+    return _mixed_blend(images, ratio, alpha, torch.ones_like(ratio), None)
+
+
+def adjust_contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample TF.adjust_contrast (uint8 in, uint8 out)."""
+    ratio, alpha = _ratio_alpha(factor, images.device)
+    return _mixed_blend(images, ratio, alpha, None, torch.ones_like(ratio))
+
+
+def adjust_sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample TF.adjust_sharpness (uint8 in, uint8 out)."""
+    return _sharpness(images, _ratio_alpha(factor, images.device)[1])
+
+
+def _sharpness(images, alpha):
+    n, c, h, w = images.shape
+    if h <= 2 or w <= 2:
+        return images
+    a, b = 1.0 / 13.0, 5.0 / 13.0
+    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32, device=images.device)
+    out = images.to(torch.float32)
+    blurred = nnf.conv2d(out, kernel.expand(c, 1, 3, 3), groups=c).round_()
+    view = out[..., 1:-1, 1:-1]
+    view.add_(blurred.sub_(view).mul_(alpha))
+    return out.clamp_(0.0, _UINT8_MAX).to(torch.uint8)
+
+
+def _rgb_to_hsv(image: torch.Tensor) -> torch.Tensor:
+    # Same arithmetic as torchvision's (PIL-derived) tensor implementation.
+    r, g, _ = image.unbind(dim=-3)
+    minc, maxc = torch.aminmax(image, dim=-3)
+    eqc = maxc == minc
+    channels_range = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = channels_range / torch.where(eqc, ones, maxc)
+    divisor = torch.where(eqc, ones, channels_range).unsqueeze_(dim=-3)
+    rc, gc, bc = ((maxc.unsqueeze(dim=-3) - image) / divisor).unbind(dim=-3)
+    neq_r = maxc != r
+    eq_g = maxc == g
+    hg = rc.add(2.0).sub_(bc).mul_(eq_g & neq_r)
+    hr = bc.sub_(gc).mul_(~neq_r)
+    hb = gc.add_(4.0).sub_(rc).mul_(neq_r.logical_and_(eq_g.logical_not_()))
+    h = hr.add_(hg).add_(hb)
+    h = h.mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
+    return torch.stack((h, s, maxc), dim=-3)
+
+
+_HSV_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
+
+
+def _hsv_to_rgb(img: torch.Tensor) -> torch.Tensor:
+    h, s, v = img.unbind(dim=-3)
+    h6 = h.mul(6)
+    i = torch.floor(h6)
+    f = h6.sub_(i)
+    i = i.to(dtype=torch.int64).remainder_(6)
+    sxf = s * f
+    one_minus_s = 1.0 - s
+    q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
+    t = sxf.add_(one_minus_s).mul_(v).clamp_(0.0, 1.0)
+    p = one_minus_s.mul_(v).clamp_(0.0, 1.0)
+    vpqt = torch.stack((v, p, q, t), dim=-3)  # [n, 4, H, W]
+    select = torch.tensor(_HSV_SELECT, dtype=torch.int64, device=img.device)  # [3, 6]
+    index = select[:, i].moveaxis(0, -3)  # [n, 3, H, W]
+    return vpqt.gather(-3, index)
+
+
+def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Per-sample hue shift in [-0.5, 0.5] (fraction of the hue circle), torchvision semantics."""
+    return _hue(images, factor.to(images.device, torch.float32).reshape(-1, 1, 1))
+
+
+def _hue(images, shift):  # shift [n, 1, 1] float32
+    x = images.to(torch.float32).mul_(1.0 / _UINT8_MAX)  # to_dtype(float32, scale=True)
+    h, s, v = _rgb_to_hsv(x).unbind(dim=-3)
+    h = h.add(shift).remainder_(1.0)
+    rgb = _hsv_to_rgb(torch.stack((h, s, v), dim=-3))
+    return rgb.mul_(_UINT8_MAX + 1.0 - 1e-3).to(torch.uint8)  # to_dtype(uint8, scale=True)
+
+
+def posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Per-sample TF.posterize (keep the `bits` high bits)."""
+    bits = torch.as_tensor(bits).cpu().to(torch.int64).reshape(-1).expand(images.shape[0])
+    luts = _pointwise_luts(torch.full_like(bits, _OP_ID["Posterize"]), bits.to(torch.float64))
+    return _apply_luts(images, luts.to(images.device))
+
+
+def solarize(images: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Per-sample TF.solarize (invert values >= threshold)."""
+    t = torch.as_tensor(threshold).cpu().to(torch.float64).reshape(-1).expand(images.shape[0])
+    luts = _pointwise_luts(torch.full(t.shape, _OP_ID["Solarize"], dtype=torch.int64), t)
+    return _apply_luts(images, luts.to(images.device))
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """rgb_to_grayscale (uint8, truncated) repeated to 3 channels."""
+    return TF.rgb_to_grayscale(images, num_output_channels=3).contiguous()
+
+
+def _blur_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """torchvision's 1-D Gaussian kernels (float32 linspace, softmax), one row per sigma."""
+    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
+    x = torch.linspace(-lim, lim, steps=kernel_size, dtype=torch.float32, device=sigma.device)
+    s = sigma.to(torch.float32)[:, None]
+    return torch.softmax(x[None, :].div(s).pow(2).neg(), dim=1)
+
+
+def _blur_apply(images: torch.Tensor, k1d: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = images.shape
+    k = k1d.shape[1]
+    p = k // 2
+    x = nnf.pad(images.to(torch.float32), (p, p, p, p), mode="reflect")
+    x = x.reshape(1, n * c, h + 2 * p, w + 2 * p)
+    kk = k1d.repeat_interleave(c, dim=0)  # [n*c, k]
+    x = nnf.conv2d(x, kk.reshape(n * c, 1, k, 1), groups=n * c)
+    x = nnf.conv2d(x, kk.reshape(n * c, 1, 1, k), groups=n * c)
+    return x.reshape(n, c, h, w).round_().clamp_(0.0, _UINT8_MAX).to(torch.uint8)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int = CIFAR_BLUR_KERNEL) -> torch.Tensor:
+    """Per-sample isotropic Gaussian blur, reflect padding, rounded to uint8 (torchvision semantics;
+    computed separably, so results may differ from the 2-D kernel by one step at rounding ties)."""
+    if kernel_size % 2 == 0 or kernel_size <= 0:
+        raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+    return _blur_apply(images, _blur_kernels(sigma.to(images.device), kernel_size))
+
+
+def autoaugment_inverse_matrices(op: torch.Tensor, magnitude: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse affine matrices [n, 6] (float64), torchvision's `_get_inverse_affine_matrix` for the
+    AutoAugment geometric ops exactly as `autoaugment._apply_op` and `rotate` call it; `op` holds op ids."""
+    op = op.to(torch.int64).cpu()
+    m = magnitude.to(torch.float64).cpu()
+    zero = torch.zeros_like(m)
+    is_ = lambda name: op == _OP_ID[name]  # noqa: E731
+    shear_x = torch.where(is_("ShearX"), torch.rad2deg(torch.atan(m)), zero)
+    shear_y = torch.where(is_("ShearY"), torch.rad2deg(torch.atan(m)), zero)
+    tx = torch.where(is_("TranslateX"), torch.trunc(m), zero)  # int(magnitude)
+    ty = torch.where(is_("TranslateY"), torch.trunc(m), zero)
+    angle = torch.where(is_("Rotate"), -torch.remainder(m, 360.0), zero)  # rotate: -(angle % 360)
+    sheared = is_("ShearX") | is_("ShearY")  # _apply_op passes center=[0, 0] (top-left corner)
+    cx = torch.where(sheared, torch.full_like(m, -0.5 * width), zero)
+    cy = torch.where(sheared, torch.full_like(m, -0.5 * height), zero)
+
+    rot = torch.deg2rad(angle)
+    sx = torch.deg2rad(shear_x)
+    sy = torch.deg2rad(shear_y)
+    cos_sy = torch.cos(sy)
+    tan_sx = torch.tan(sx)
+    rot_minus_sy = rot - sy
+    cx_plus_tx = cx + tx
+    cy_plus_ty = cy + ty
+    a = torch.cos(rot_minus_sy) / cos_sy
+    b = -(a * tan_sx + torch.sin(rot))
+    c = torch.sin(rot_minus_sy) / cos_sy
+    d = torch.cos(rot) - c * tan_sx
+    m0, m1, m3, m4 = d / 1.0, -b / 1.0, -c / 1.0, a / 1.0
+    m2 = 0.0 + (cx - m0 * cx_plus_tx - m1 * cy_plus_ty)
+    m5 = 0.0 + (cy - m3 * cx_plus_tx - m4 * cy_plus_ty)
+    return torch.stack((m0, m1, m2, m3, m4, m5), dim=1)
+
+
+def _rescaled_theta(matrices: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """float32 [n, 3, 2] = theta^T / (w/2, h/2), as torchvision's _affine_grid computes it."""
+    theta = matrices.to(torch.float32).reshape(-1, 2, 3)
+    return theta.transpose(1, 2).div(torch.tensor([0.5 * width, 0.5 * height], dtype=torch.float32))
+
+
+def _base_grid(height: int, width: int, device) -> torch.Tensor:
+    base = torch.empty(1, height, width, 3, dtype=torch.float32, device=device)
+    base[..., 0].copy_(torch.linspace((1.0 - width) * 0.5, (width - 1.0) * 0.5, steps=width, device=device))
+    base[..., 1].copy_(
+        torch.linspace((1.0 - height) * 0.5, (height - 1.0) * 0.5, steps=height, device=device).unsqueeze_(-1)
+    )
+    base[..., 2].fill_(1)
+    return base.view(1, height * width, 3)
+
+
+def _affine_apply(images: torch.Tensor, rescaled_theta: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    n, c, h, w = images.shape
+    if base is None:
+        base = _base_grid(h, w, images.device)
+    grid = base.expand(n, h * w, 3).bmm(rescaled_theta).view(n, h, w, 2)
+    out = nnf.grid_sample(images.to(torch.float32), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return out.round_().to(torch.uint8)
+
+
+def affine_nearest(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
+    """Per-sample nearest-neighbour affine warp with zero fill; `matrices` [n, 6] are torchvision's
+    inverse affine matrices (output pixel -> input pixel, centred coordinates)."""
+    _, _, h, w = images.shape
+    return _affine_apply(images, _rescaled_theta(matrices.cpu(), h, w).to(images.device))
+
+
+def apply_autoaugment_op(name: str, images: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """Apply AutoAugment op `name` to every image of a uint8 batch, with per-sample signed magnitudes
+    (as `torchvision.transforms.autoaugment._apply_op` interprets them, fill 0)."""
+    n, _, h, w = images.shape
+    m = torch.as_tensor(magnitude, dtype=torch.float64).cpu().reshape(-1).expand(n).contiguous()
+    if name in _GEOMETRIC:
+        op = torch.full((n,), _OP_ID[name], dtype=torch.int64)
+        return affine_nearest(images, autoaugment_inverse_matrices(op, m, h, w))
+    op = torch.full((n,), _OP_ID.get(name, -1), dtype=torch.int64)
+    if name in ("Brightness", "Posterize", "Solarize", "Invert"):
+        return _apply_luts(images, _pointwise_luts(op, m).to(images.device))
+    if name == "Color":
+        return adjust_saturation(images, 1.0 + m)
+    if name == "Contrast":
+        return adjust_contrast(images, 1.0 + m)
+    if name == "Sharpness":
+        return adjust_sharpness(images, 1.0 + m)
+    if name == "AutoContrast":
+        return TF.autocontrast(images)
+    if name == "Equalize":
+        return TF.equalize(images)
+    if name == "Identity":
+        return images.clone()
+    raise ValueError(f"unknown AutoAugment op {name!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Shipping CPU parameters to the device in one transfer per dtype
+# --------------------------------------------------------------------------------------------
+
+
+def _ship(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return tensors
+    out: dict[str, torch.Tensor] = {}
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for k, v in tensors.items():
+        by_dtype.setdefault(v.dtype, []).append(k)
+    for dtype, keys in by_dtype.items():
+        flat = torch.cat([tensors[k].reshape(-1) for k in keys])
+        moved = flat.to(device, non_blocking=True)
+        for k, part in zip(keys, moved.split([tensors[k].numel() for k in keys])):
+            out[k] = part.view(tensors[k].shape)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The views
+# --------------------------------------------------------------------------------------------
+
+
+class DeviceViews:
+    """CIFAR views of METHOD.md section 2 on uint8 batches already on the training device.
+
+    images: uint8 [N, 3, H, W] on any device; generator: a CPU torch.Generator from which all
+    per-sample randomness is drawn. Outputs are float32 [N, 3, size, size], normalized, on the
+    images' device.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: int = 32,
+        *,
+        padding: int = 4,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        blur_kernel: int = CIFAR_BLUR_KERNEL,
+        flip_p: float = 0.5,
+        policy: AutoAugmentPolicy = AutoAugmentPolicy.CIFAR10,
+    ) -> None:
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("mean and std need 3 values (RGB)")
+        if blur_kernel % 2 == 0 or blur_kernel <= 0:
+            raise ValueError(f"blur_kernel must be odd and positive, got {blur_kernel}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.image_size = int(image_size)
+        self.padding = int(padding)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.crop_ratio = (float(crop_ratio[0]), float(crop_ratio[1]))
+        b, c, s, h = (float(v) for v in jitter)
+        # torchvision ColorJitter ranges: [max(0, 1 - v), 1 + v], hue [-h, h]
+        self.jitter_ranges = ((max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h))
+        self.jitter_p = float(jitter_p)
+        self.gray_p = float(gray_p)
+        self.blur_p = float(blur_p)
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.blur_kernel = int(blur_kernel)
+        self.flip_p = float(flip_p)
+        self.aa_table = AutoAugmentTable.from_torchvision(policy, (self.image_size, self.image_size))
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float32 in [0, 1] (ToTensor: divide by 255)."""
+        return images.to(torch.float32).div(_UINT8_MAX)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std per channel (Normalize)."""
+        key = ("norm", x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor([self.mean, self.std], dtype=x.dtype, device=x.device).view(2, 1, 3, 1, 1)
+        ms = self._cache[key]
+        return x.sub(ms[0]).div_(ms[1])
+
+    def _grid(self, h: int, w: int, device) -> torch.Tensor:
+        key = ("grid", device, h, w)
+        if key not in self._cache:
+            self._cache[key] = _base_grid(h, w, device)
+        return self._cache[key]
+
+    @staticmethod
+    def _check(images: torch.Tensor, generator: torch.Generator | None) -> None:
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+            raise TypeError("images must be a uint8 tensor [N, 3, H, W]")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape [N, 3, H, W], got {tuple(images.shape)}")
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError("generator must be a CPU torch.Generator")
+
+    # ---- parameter sampling (CPU) --------------------------------------------------------------
+
+    def sample_classify(self, n: int, height: int, width: int, generator: torch.Generator) -> ClassifyParams:
+        p, size = self.padding, self.image_size
+        if height + 2 * p < size or width + 2 * p < size:
+            raise ValueError(f"images of {height}x{width} with padding {p} are smaller than {size}")
+        top = torch.randint(0, height + 2 * p - size + 1, (n,), generator=generator)
+        left = torch.randint(0, width + 2 * p - size + 1, (n,), generator=generator)
+        flip = torch.rand(n, generator=generator) < self.flip_p
+        t = self.aa_table
+        policy = torch.randint(0, t.num_policies, (n,), generator=generator)
+        probs = torch.rand(n, 2, generator=generator)
+        signs = torch.randint(0, 2, (n, 2), generator=generator)
+        active = probs <= t.prob[policy].to(torch.float32)  # AutoAugment: probs[i] <= p (float32)
+        mag = t.magnitude[policy]
+        mag = torch.where(t.signed[policy] & (signs == 0), -mag, mag)
+        op = torch.where(active, t.op[policy], torch.full_like(policy[:, None].expand(n, 2), -1))
+        return ClassifyParams(top, left, flip, op, mag)
+
+    def sample_contrast(self, n: int, height: int, width: int, generator: torch.Generator) -> ContrastParams:
+        top, left, h, w = sample_resized_crop_boxes(n, height, width, self.crop_scale, self.crop_ratio, generator)
+        flip = torch.rand(n, generator=generator) < self.flip_p
+        jitter = torch.rand(n, generator=generator) <= self.jitter_p  # RandomApply: skip if p < u
+        order = torch.argsort(torch.rand(n, 4, generator=generator), dim=1)  # uniform permutation
+        (b0, b1), (c0, c1), (s0, s1), (h0, h1) = self.jitter_ranges
+        brightness = _uniform(n, b0, b1, generator)
+        contrast = _uniform(n, c0, c1, generator)
+        saturation = _uniform(n, s0, s1, generator)
+        hue = _uniform(n, h0, h1, generator)
+        gray = torch.rand(n, generator=generator) < self.gray_p
+        blur = torch.rand(n, generator=generator) <= self.blur_p
+        sigma = _uniform(n, self.blur_sigma[0], self.blur_sigma[1], generator)
+        return ContrastParams(
+            top, left, h, w, flip, jitter, order, brightness, contrast, saturation, hue, gray, blur, sigma
+        )
+
+    # ---- view 0 ---------------------------------------------------------------------------------
+
+    def classify(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """View 0: RandomCrop(size, padding, zero fill) + flip + AutoAugment CIFAR-10 + normalize."""
+        self._check(images, generator)
+        n, _, h, w = images.shape
+        params = self.sample_classify(n, h, w, generator)
+        return self.normalize(self.to_unit(self.classify_uint8(images, params)))
+
+    def classify_uint8(self, images: torch.Tensor, params: ClassifyParams) -> torch.Tensor:
+        """View 0 with given parameters, before to_unit/normalize: uint8 [N, 3, size, size]."""
+        self._check(images, None)
+        size = self.image_size
+        n = images.shape[0]
+        if n == 0:
+            return images.new_empty((0, 3, size, size))
+        cpu: dict[str, torch.Tensor] = {
+            "top": params.top.to(torch.int64),
+            "left": params.left.to(torch.int64),
+            "flip": params.flip.to(torch.int64),
+        }
+        plan: list[tuple[str, str]] = []  # (op group, key prefix), in application order
+        lut_ops = ("Brightness", "Posterize", "Solarize", "Invert")
+        for slot in range(2):
+            ops = params.aa_op[:, slot].to(torch.int64)
+            mags = params.aa_magnitude[:, slot].to(torch.float64)
+
+            def members(names):
+                mask = torch.zeros(n, dtype=torch.bool)
+                for name in names:
+                    mask |= ops == _OP_ID[name]
+                return mask.nonzero().squeeze(1)
+
+            # Ops of one slot act on disjoint samples, so the groups commute.
+            groups = {
+                "affine": members(_GEOMETRIC),
+                "lut": members(lut_ops),
+                "blend": members(("Color", "Contrast")),
+                "Sharpness": members(("Sharpness",)),
+                "AutoContrast": members(("AutoContrast",)),
+                "Equalize": members(("Equalize",)),
+            }
+            for name, idx in groups.items():
+                if idx.numel() == 0:
+                    continue
+                key = f"{slot}.{name}"
+                cpu[key + ".idx"] = idx
+                o, m = ops[idx], mags[idx]
+                if name == "affine":
+                    cpu[key + ".theta"] = _rescaled_theta(autoaugment_inverse_matrices(o, m, size, size), size, size)
+                elif name == "lut":
+                    cpu[key + ".lut"] = _pointwise_luts(o, m)
+                elif name == "blend":
+                    f = 1.0 + m
+                    cpu[key + ".r"] = f.to(torch.float32)
+                    cpu[key + ".a"] = (1.0 - f).to(torch.float32)
+                    cpu[key + ".wg"] = (o == _OP_ID["Color"]).to(torch.float32)
+                    cpu[key + ".wm"] = (o == _OP_ID["Contrast"]).to(torch.float32)
+                elif name == "Sharpness":
+                    cpu[key + ".a"] = (1.0 - (1.0 + m)).to(torch.float32)
+                plan.append((name, key))
+
+        d = _ship(cpu, images.device)
+        x = crop_flip(images, d["top"], d["left"], d["flip"].bool(), size, self.padding)
+        for name, key in plan:
+            idx = d[key + ".idx"]
+            sub = x.index_select(0, idx)
+            if name == "affine":
+                sub = _affine_apply(sub, d[key + ".theta"], self._grid(size, size, x.device))
+            elif name == "lut":
+                sub = _apply_luts(sub, d[key + ".lut"])
+            elif name == "blend":
+                col = lambda k: d[key + k].view(-1, 1, 1, 1)  # noqa: E731
+                sub = _mixed_blend(sub, col(".r"), col(".a"), col(".wg"), col(".wm"))
+            elif name == "Sharpness":
+                sub = _sharpness(sub, d[key + ".a"].view(-1, 1, 1, 1))
+            elif name == "AutoContrast":
+                sub = TF.autocontrast(sub)
+            elif name == "Equalize":
+                sub = TF.equalize(sub)
+            x.index_copy_(0, idx, sub)
+        return x
+
+    # ---- views 1, 2 ------------------------------------------------------------------------------
+
+    def contrast(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Views 1/2: RandomResizedCrop + flip + ColorJitter (p 0.8) + grayscale (p 0.2)
+        + Gaussian blur (p 0.5) + normalize."""
+        self._check(images, generator)
+        n, _, h, w = images.shape
+        params = self.sample_contrast(n, h, w, generator)
+        return self.normalize(self.to_unit(self.contrast_uint8(images, params)))
+
+    def contrast_uint8(self, images: torch.Tensor, params: ContrastParams) -> torch.Tensor:
+        """Views 1/2 with given parameters, before to_unit/normalize: uint8 [N, 3, size, size]."""
+        self._check(images, None)
+        size = self.image_size
+        n = images.shape[0]
+        if n == 0:
+            return images.new_empty((0, 3, size, size))
+        cpu = {
+            "rc." + k: v
+            for k, v in _resized_crop_tables(
+                params.top, params.left, params.height, params.width, params.flip, size
+            ).items()
+        }
+        plan: list[tuple[str, str]] = []
+        j = params.jitter.to(torch.bool)
+        for step in range(4):
+            op = params.order[:, step]
+            bright, con, sat, hue = (j & (op == k) for k in range(4))
+            if bool((bright | con | sat).any()):
+                # brightness, contrast and saturation of this step in one full-batch blend;
+                # samples without one get ratio 1, alpha 0 (exact identity)
+                f = torch.where(bright, params.brightness, torch.where(con, params.contrast, params.saturation))
+                f = torch.where(bright | con | sat, f.to(torch.float64), torch.ones(n, dtype=torch.float64))
+                key = f"j{step}.blend"
+                cpu[key + ".r"] = f.to(torch.float32)
+                cpu[key + ".a"] = torch.where(bright, 0.0, 1.0 - f).to(torch.float32)
+                if bool(sat.any()):
+                    cpu[key + ".wg"] = sat.to(torch.float32)
+                if bool(con.any()):
+                    cpu[key + ".wm"] = con.to(torch.float32)
+                plan.append(("blend", key))
+            idx = hue.nonzero().squeeze(1)
+            if idx.numel():
+                key = f"j{step}.hue"
+                cpu[key + ".idx"] = idx
+                cpu[key + ".f"] = params.hue[idx].to(torch.float32)
+                plan.append(("hue", key))
+        gidx = params.gray.nonzero().squeeze(1)
+        if gidx.numel():
+            cpu["gray.idx"] = gidx
+            plan.append(("gray", "gray"))
+        bidx = params.blur.nonzero().squeeze(1)
+        if bidx.numel():
+            cpu["blur.idx"] = bidx
+            cpu["blur.k"] = _blur_kernels(params.sigma[bidx], self.blur_kernel)
+            plan.append(("blur", "blur"))
+
+        d = _ship(cpu, images.device)
+        x = _resized_crop_apply(images, {k[3:]: v for k, v in d.items() if k.startswith("rc.")})
+        for name, key in plan:
+            if name == "blend":
+                col = lambda k: d[k].view(-1, 1, 1, 1) if k in d else None  # noqa: E731
+                x = _mixed_blend(x, col(key + ".r"), col(key + ".a"), col(key + ".wg"), col(key + ".wm"))
+                continue
+            idx = d[key + ".idx"]
+            sub = x.index_select(0, idx)
+            if name == "hue":
+                sub = _hue(sub, d[key + ".f"].view(-1, 1, 1))
+            elif name == "gray":
+                sub = grayscale(sub)
+            elif name == "blur":
+                sub = _blur_apply(sub, d[key + ".k"])
+            x.index_copy_(0, idx, sub)
+        return x
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_size={self.image_size}, padding={self.padding}, "
+            f"mean={self.mean}, std={self.std})"
+        )
+

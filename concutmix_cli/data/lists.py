@@ -1,0 +1,377 @@
+"""Split-list data sources: ImageNet-LT, Places-LT and iNaturalist 2018 (METHOD.md section 1).
+
+These benchmarks come as fixed split files, one ``relative/path label`` line per image, next to
+an image tree the user supplies. ``concutmix prepare imagenet-lt|places-lt|inat2018`` reads the
+lists, checks them (syntax, class bookkeeping, that every listed image exists under the root),
+copies them, normalized, into the prepared folder and returns the manifest fields.
+``ListImageDataset`` reads the images back at training time.
+
+Nothing here downloads anything, and the images are never copied: the manifest keeps the
+absolute image root, which ``ListImageDataset.from_prepared`` can override (``root_override``)
+when the prepared folder moves to another machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch.utils.data
+from PIL import Image
+
+from concutmix_cli.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+_LABEL_RE = re.compile(r"[0-9]+", re.ASCII)
+_SHOW_MISSING = 3
+"""How many missing image paths one error message names."""
+_SHOW_CLASSES = 5
+"""How many offending class ids one error message names."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading split lists
+
+
+def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (constant memory for any file size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], list[int]]:
+    """Entries of a split list and the 1-based file line number of each entry."""
+    entries: list[tuple[str, int]] = []
+    line_numbers: list[int] = []
+    lineno = 0
+    fix = "each line must be 'relative/path label' with an integer label >= 0"
+    try:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # UTF-8 byte-order mark
+                text = raw.decode("utf-8").strip()
+                if not text:
+                    continue
+                parts = text.rsplit(None, 1)
+                if len(parts) < 2:
+                    raise UserError(
+                        f"{what} {path} line {lineno}: no label after '{_short(text)}'; {fix}"
+                    )
+                rel, label_text = parts
+                if _LABEL_RE.fullmatch(label_text) is None:
+                    if label_text.startswith("-") and _LABEL_RE.fullmatch(label_text[1:]):
+                        problem = f"negative label {label_text}"
+                    else:
+                        problem = f"label '{_short(label_text)}' is not an integer"
+                    raise UserError(f"{what} {path} line {lineno}: {problem}; {fix}")
+                if os.path.isabs(rel):
+                    raise UserError(
+                        f"{what} {path} line {lineno}: absolute path '{_short(rel)}'; list paths "
+                        "must be relative to the image root (--root)"
+                    )
+                entries.append((rel, int(label_text)))
+                line_numbers.append(lineno)
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{what} {path} line {lineno}: not UTF-8 text; save the list as UTF-8"
+        ) from None
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(f"{what} {path}: cannot read ({reason}); check the path") from None
+    return entries, line_numbers
+
+
+def read_split_list(path: Path) -> list[tuple[str, int]]:
+    """Read a ``relative/path label`` list: one image per line, blank lines ignored.
+
+    The label is the last whitespace-separated field, so a path containing spaces still works.
+    Raises UserError naming the file and line number for a missing file, a line without a label,
+    or a label that is not a non-negative integer.
+    """
+    entries, _ = _parse_split_list(Path(path), "split list")
+    return entries
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# Staging (concutmix prepare)
+
+
+class _List:
+    """One parsed split list and where it came from."""
+
+    def __init__(self, split: str, path: Path, dataset: str):
+        self.split = split
+        self.path = Path(path)
+        self.what = f"{dataset} {split} list"
+        self.entries, self.line_numbers = _parse_split_list(self.path, self.what)
+        if not self.entries:
+            raise UserError(
+                f"{self.what} {self.path}: no entries; expected one 'relative/path label' line "
+                "per image"
+            )
+        self.labels = np.fromiter((lab for _, lab in self.entries), dtype=np.int64,
+                                  count=len(self.entries))
+
+
+def _first_gaps(present: np.ndarray, num_classes: int, limit: int) -> list[int]:
+    """The first ``limit`` ids in 0..num_classes-1 absent from the sorted unique ``present``."""
+    gaps: list[int] = []
+    expected = 0
+    for value in present.tolist() + [num_classes]:
+        while expected < value and len(gaps) < limit:
+            gaps.append(expected)
+            expected += 1
+        if len(gaps) >= limit:
+            break
+        expected = value + 1
+    return gaps
+
+
+def _check_classes(train: _List, others: list[_List]) -> int:
+    """Number of classes C = max train label + 1; all of 0..C-1 trained, other lists inside."""
+    num_classes = int(train.labels.max()) + 1
+    present = np.unique(train.labels)
+    if len(present) < num_classes:
+        missing = num_classes - len(present)
+        shown = ", ".join(str(c) for c in _first_gaps(present, num_classes, _SHOW_CLASSES))
+        more = ", ..." if missing > _SHOW_CLASSES else ""
+        raise UserError(
+            f"{train.what} {train.path}: {missing} of the {num_classes} classes 0..{num_classes - 1} "
+            f"have no training image (class {shown}{more}); labels must be numbered 0..C-1 with "
+            "every class present in the training list"
+        )
+    for other in others:
+        bad = np.flatnonzero(other.labels >= num_classes)
+        if len(bad):
+            first = int(bad[0])
+            raise UserError(
+                f"{other.what} {other.path} line {other.line_numbers[first]}: class "
+                f"{int(other.labels[first])} is outside 0..{num_classes - 1} (the training list has "
+                f"{num_classes} classes; {len(bad)} line(s) affected); use lists of the same benchmark"
+            )
+    return num_classes
+
+
+def _missing_files(root: Path, entries: list[tuple[str, int]], cache: dict[str, set[str] | None]) -> list[str]:
+    """Listed paths that are not files under root, in list order.
+
+    One ``os.scandir`` per directory (cached across lists) instead of one ``stat`` per image;
+    a name not found that way is confirmed with ``os.path.isfile`` (case-insensitive file
+    systems, odd path spellings).
+    """
+    root_text = os.fspath(root)
+    missing: list[str] = []
+    for rel, _ in entries:
+        directory, name = os.path.split(rel)
+        names = cache.get(directory, False)
+        if names is False:
+            try:
+                with os.scandir(os.path.join(root_text, directory)) as it:
+                    names = {e.name for e in it if e.is_file()}
+            except OSError:
+                names = None
+            cache[directory] = names
+        if names is not None and name in names:
+            continue
+        if not os.path.isfile(os.path.join(root_text, rel)):
+            missing.append(rel)
+    return missing
+
+
+def _check_files(root: Path, lists: list[_List]) -> None:
+    if not root.is_dir():
+        raise UserError(f"image root {root}: not a directory; pass --root the folder the list paths are relative to")
+    cache: dict[str, set[str] | None] = {}
+    found: list[tuple[_List, list[str]]] = []
+    for split_list in lists:
+        missing = _missing_files(root, split_list.entries, cache)
+        if missing:
+            found.append((split_list, missing))
+    if not found:
+        return
+    total = sum(len(m) for _, m in found)
+    per_list = "; ".join(
+        f"{lst.split} list {lst.path}: {len(m)} of {len(lst.entries)}" for lst, m in found
+    )
+    first = [p for _, m in found for p in m][:_SHOW_MISSING]
+    shown = ", ".join(f"'{p}'" for p in first)
+    more = ", ..." if total > len(first) else ""
+    raise UserError(
+        f"{total} listed image(s) missing under --root {root} ({per_list}), first: {shown}{more}; "
+        "check --root (the folder the list paths are relative to) or the lists"
+    )
+
+
+def _write_list(path: Path, entries: list[tuple[str, int]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(f"{rel} {label}\n" for rel, label in entries)
+    os.replace(tmp, path)
+
+
+def stage_list_dataset(
+    staging_dir: Path,
+    dataset: str,
+    root: Path,
+    train_list: Path,
+    val_list: Path | None,
+    test_list: Path | None,
+    check_files: bool = True,
+) -> dict:
+    """Check the split lists of a list benchmark and copy them into ``staging_dir``.
+
+    Checks: list syntax; C = max train label + 1 with every class 0..C-1 present in train and
+    val/test labels inside 0..C-1; every listed file exists under ``root`` (``check_files``).
+    Writes train.txt / val.txt / test.txt (``path label`` lines) and returns the manifest fields.
+    """
+    root = Path(root)
+    staging_dir = Path(staging_dir)
+    train = _List("train", train_list, dataset)
+    others = [_List(split, path, dataset) for split, path in (("val", val_list), ("test", test_list))
+              if path is not None]
+    lists = [train, *others]
+    num_classes = _check_classes(train, others)
+    if check_files:
+        _check_files(root, lists)
+
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    by_split = {lst.split: lst for lst in lists}
+    splits: dict[str, str | None] = {}
+    counts: dict[str, list[int] | None] = {}
+    sources: dict[str, dict | None] = {}
+    for split in SPLITS:
+        lst = by_split.get(split)
+        if lst is None:
+            splits[split] = counts[split] = sources[split] = None
+            continue
+        _write_list(staging_dir / f"{split}.txt", lst.entries)
+        splits[split] = f"{split}.txt"
+        counts[split] = np.bincount(lst.labels, minlength=num_classes).tolist()
+        sources[split] = {
+            "path": str(lst.path.resolve()),
+            "sha256": sha256_file(lst.path),
+            "lines": len(lst.entries),
+        }
+
+    train_counts = counts["train"]
+    root_text = str(root.resolve())
+    return {
+        "kind": "lists",
+        "root": root_text,
+        "num_classes": num_classes,
+        "classes": [str(c) for c in range(num_classes)],
+        "train_counts": train_counts,
+        "val_counts": counts["val"],
+        "test_counts": counts["test"],
+        "train_indices": list(range(len(train.entries))),
+        "imbalance": float(max(train_counts)) / float(min(train_counts)),
+        "image_size": None,
+        "splits": splits,
+        "source": {"type": "lists", "root": root_text, "lists": sources},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reading images at training / evaluation time
+
+
+class ListImageDataset(torch.utils.data.Dataset):
+    """Images named by a split list, relative to ``root``: items are (transform(RGB image), label)."""
+
+    def __init__(self, root: Path, entries: list[tuple[str, int]], transform: Callable | None = None):
+        self.root = Path(root)
+        self.entries = list(entries)
+        self.transform = transform
+        self.labels = np.fromiter((lab for _, lab in self.entries), dtype=np.int64,
+                                  count=len(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int):
+        rel, label = self.entries[index]
+        path = os.path.join(self.root, rel)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except FileNotFoundError:
+            raise UserError(
+                f"image {path} (entry {index} of the list): file not found; check the image root "
+                "(prepare --root, or the root override) and that the images are complete"
+            ) from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UserError(
+                f"image {path} (entry {index} of the list): cannot be decoded ({err}); replace "
+                "the file or remove its line from the list and prepare again"
+            ) from None
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(label)
+
+    @classmethod
+    def from_prepared(
+        cls,
+        prepared_dir: Path,
+        split: str,
+        root_override: Path | None = None,
+        transform: Callable | None = None,
+    ) -> "ListImageDataset":
+        """The dataset of one split of a folder written by ``stage_list_dataset``."""
+        prepared_dir = Path(prepared_dir)
+        manifest_path = prepared_dir / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise UserError(
+                f"prepared data {prepared_dir}: cannot read manifest.json ({err.strerror}); "
+                "run `concutmix prepare` first or fix data.path"
+            ) from None
+        except json.JSONDecodeError as err:
+            raise UserError(
+                f"prepared data {manifest_path}: not valid JSON ({err}); run `concutmix prepare` again"
+            ) from None
+        if split not in SPLITS:
+            raise UserError(f"split '{split}': unknown; use one of {', '.join(SPLITS)}")
+        splits = manifest.get("splits") or {}
+        list_name = splits.get(split, f"{split}.txt" if not splits else None)
+        if list_name is None:
+            raise UserError(
+                f"prepared data {prepared_dir}: has no {split} split (no --{split}-list was given "
+                "to prepare); prepare again with it or use another split"
+            )
+        if root_override is not None:
+            root = Path(root_override)
+        elif "root" in manifest:
+            root = Path(manifest["root"])
+        else:
+            raise UserError(f"prepared data {manifest_path}: no 'root' key; run `concutmix prepare` again")
+        if not root.is_dir():
+            how = "the given root override" if root_override is not None else "the root recorded by prepare"
+            raise UserError(
+                f"image root {root} ({how}) is not a directory; pass the folder the list paths are "
+                "relative to"
+            )
+        entries, _ = _parse_split_list(prepared_dir / list_name, f"prepared {split} list")
+        indices = manifest.get("train_indices") if split == "train" else None
+        if indices is not None and indices != list(range(len(entries))):
+            if any(not isinstance(i, int) or not 0 <= i < len(entries) for i in indices):
+                raise UserError(
+                    f"prepared data {manifest_path}: train_indices do not match {list_name} "
+                    f"({len(entries)} lines); run `concutmix prepare` again"
+                )
+            entries = [entries[i] for i in indices]
+        return cls(root, entries, transform=transform)

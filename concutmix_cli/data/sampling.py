@@ -1,0 +1,139 @@
+"""What each training step sees: the instance-balanced order, the class-balanced foreground draw
+and the CutMix decision, all derived from counters (seed, epoch, step).
+
+Deriving every random choice from counters, not from a running RNG, is what makes a run
+reproducible across worker counts, resumable mid-epoch, and identical between one process and G
+processes that split the same global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Stream ids keep the counter-derived generators of different purposes independent.
+_ORDER, _FOREGROUND, _MIX, _SAMPLE, _DEVICE = 1, 2, 3, 4, 5
+
+
+def counter_rng(*counters: int) -> np.random.Generator:
+    """An independent numpy Generator for a tuple of non-negative counters."""
+    return np.random.default_rng([int(c) for c in counters])
+
+
+def counter_seed(*counters: int) -> int:
+    """A 63-bit seed (for torch) derived from counters."""
+    return int(counter_rng(*counters).integers(0, 2**63 - 1))
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled (instance-balanced) order of one epoch."""
+    return counter_rng(seed, _ORDER, epoch).permutation(num_samples)
+
+
+class ClassBalancedSampler:
+    """Draws image indices class-balanced: a class uniformly at random, then one of its images."""
+
+    def __init__(self, labels: np.ndarray):
+        labels = np.asarray(labels, dtype=np.int64)
+        self.order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels)
+        self.classes = np.flatnonzero(counts)  # classes with at least one image
+        self.counts = counts[self.classes]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])[self.classes]
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        which = rng.integers(0, len(self.classes), size=n)
+        within = (rng.random(n) * self.counts[which]).astype(np.int64)
+        return self.order[self.offsets[which] + within]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """One step's data for this process: background indices, foreground indices (when mixed),
+    per-sample seeds for the loader's augmentation, and the CutMix draw shared by all processes."""
+
+    epoch: int
+    step: int
+    indices: np.ndarray
+    sample_seeds: np.ndarray
+    mix: bool
+    foreground: np.ndarray | None
+    lam: float
+    box_seed: int
+    device_seed: int
+
+
+class EpochPlanner:
+    """Plans every step of every epoch. `foreground`: 'balanced' (ConCutMix), 'batch' (plain
+    CutMix: a shuffle of the same global batch) or None (no mixing)."""
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        seed: int,
+        batch_size: int,
+        foreground: str | None,
+        mix_prob: float,
+        mix_beta: float,
+        rank: int = 0,
+        world_size: int = 1,
+        max_steps: int = 0,
+    ):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.foreground = foreground
+        self.mix_prob = mix_prob if foreground else 0.0
+        self.mix_beta = mix_beta
+        self.rank = rank
+        self.world_size = world_size
+        self.max_steps = max_steps
+        self.balanced = ClassBalancedSampler(self.labels) if foreground == "balanced" else None
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    def steps_per_epoch(self) -> int:
+        """Full global batches only (the last partial batch is dropped, as the contrastive loss
+        needs a full batch and every process must take the same number of steps)."""
+        steps = len(self.labels) // self.batch_size
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            self._order_cache = (epoch, epoch_order(len(self.labels), self.seed, epoch))
+        return self._order_cache[1]
+
+    def plan(self, epoch: int, step: int) -> BatchPlan:
+        start = step * self.batch_size
+        global_idx = self._order(epoch)[start : start + self.batch_size]
+        mix_rng = counter_rng(self.seed, _MIX, epoch, step)
+        mix = bool(mix_rng.random() < self.mix_prob)
+        lam = float(mix_rng.beta(self.mix_beta, self.mix_beta)) if mix else 1.0
+        box_seed = int(mix_rng.integers(0, 2**63 - 1))
+        global_fg = None
+        if mix:
+            fg_rng = counter_rng(self.seed, _FOREGROUND, epoch, step)
+            if self.foreground == "balanced":
+                global_fg = self.balanced.draw(self.batch_size, fg_rng)
+            else:
+                global_fg = global_idx[fg_rng.permutation(self.batch_size)]
+        seeds = counter_rng(self.seed, _SAMPLE, epoch, step).integers(
+            0, 2**63 - 1, size=self.batch_size
+        )
+        local = slice(
+            self.rank * self.batch_size // self.world_size,
+            (self.rank + 1) * self.batch_size // self.world_size,
+        )
+        return BatchPlan(
+            epoch=epoch,
+            step=step,
+            indices=global_idx[local],
+            sample_seeds=seeds[local],
+            mix=mix,
+            foreground=None if global_fg is None else global_fg[local],
+            lam=lam,
+            box_seed=box_seed,
+            device_seed=counter_seed(self.seed, _DEVICE, epoch, step, self.rank),
+        )

@@ -1,0 +1,382 @@
+"""The run folder: atomic writes, safetensors weights with self-describing metadata, resume state
+that loads with `torch.load(weights_only=True)`, and a checksummed index of checkpoints.
+
+Layout of RUN/:
+  config.json            the resolved config
+  manifest.json          a copy of the data's manifest
+  metrics.jsonl          one JSON line per finished epoch
+  last.safetensors       weights of the newest checkpoint (metadata: config, epoch, classes, ...)
+  best.safetensors       weights chosen on the validation split (datasets that have one)
+  checkpoints/epoch-NNNN.safetensors + .state.pt   the newest `runtime.keep` checkpoints
+  checkpoints.json       index of those, with the sha256 of every file (written last), and
+                         the sha256 of last.safetensors and best.safetensors ("files")
+
+Every file is written to a temporary name (.NAME.XXXX.tmp), flushed, fsynced and renamed over
+NAME; `read_weights` verifies a run folder's weights against the index before using them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from concutmix_cli import __version__
+from concutmix_cli.errors import UserError
+
+WEIGHTS_FORMAT = "concutmix-weights/1"
+INDEX = "checkpoints.json"
+TMP_SUFFIX = ".tmp"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, flush, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from err
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
+        raise
+    _fsync_dir(path.parent)
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """The same error, naming the file being written (not its temporary name) for the message."""
+    return OSError(err.errno, err.strerror or str(err), str(path))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def weights_bytes(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    meta = {"format": WEIGHTS_FORMAT, "toolkit_version": __version__}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    return st_save(tensors, metadata=meta)
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a weights file; metadata values that are JSON come back decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    recorded = recorded_checksums(path)
+    if recorded is not None and sha256_bytes(raw) not in recorded[1]:
+        raise UserError(
+            f"{path}: checksum mismatch with {recorded[0]}, the file was damaged or modified (or "
+            f"the run was killed while saving: resume it with `concutmix train --resume "
+            f"{recorded[0].parent}`); use an intact checkpoint from {recorded[0].parent / 'checkpoints'}"
+        )
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+    except (SafetensorError, ValueError, OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
+    meta = header.get("__metadata__", {}) or {}
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise UserError(f"{path}: not a concutmix weights file (no '{WEIGHTS_FORMAT}' metadata)")
+    decoded: dict[str, Any] = {}
+    for key, value in meta.items():
+        try:
+            decoded[key] = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            decoded[key] = value
+    return tensors, decoded
+
+
+def recorded_checksums(path: Path) -> tuple[Path, set[str]] | None:
+    """(index, accepted sha256s) for a weights file inside a run folder, None if none recorded.
+
+    A checkpoint file must match its entry; last.safetensors one of the checkpoints (or the one
+    recorded for it); best.safetensors the one recorded for it."""
+    path = Path(path)
+    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run = RunFolder(folder)
+    if not run.index_path.is_file():
+        return None
+    entries = run.read_index()
+    files = run.read_recorded_files()
+    try:
+        rel = path.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+    shas = {e["weights_sha256"] for e in entries if e["weights"] == rel}
+    if rel == "last.safetensors":
+        shas |= {e["weights_sha256"] for e in entries}
+    if rel in files:
+        shas.add(files[rel])
+    return (run.index_path, shas) if shas else None
+
+
+# ----------------------------------------------------------------------------- resume state
+
+
+def state_bytes(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a usable state file"
+        raise UserError(f"{path}: unreadable resume state ({type(err).__name__})") from None
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._best_sha256: str | None = None
+
+    # files
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def last_weights(self) -> Path:
+        return self.path / "last.safetensors"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / INDEX
+
+    def create(self) -> None:
+        self.check_new()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    # metrics
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.is_file():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: it and anything after it are redone
+        return rows
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        rows = self.read_metrics() + [row]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def check_new(self) -> None:
+        """Raise if a new run cannot use this folder (before anything is loaded or written)."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise UserError(
+                f"run folder {self.path} already exists and is not empty; "
+                f"use --resume {self.path} to continue it, or choose another --out"
+            )
+
+    def discard_new(self) -> None:
+        """Undo `create` of a run that failed before its first checkpoint (nothing else touched)."""
+        known = {"config.json", "manifest.json"}
+        if not self.path.is_dir() or any(p.name not in known for p in self.path.iterdir()):
+            return
+        for name in known:
+            (self.path / name).unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files a killed process left behind (see `atomic_write_bytes`)."""
+        removed = []
+        for folder in (self.path, self.path / "checkpoints"):
+            for leftover in sorted(folder.glob(f".*{TMP_SUFFIX}")) if folder.is_dir() else []:
+                try:
+                    leftover.unlink()
+                    removed.append(leftover)
+                except OSError:
+                    pass
+        return removed
+
+    # checkpoints
+    def _read_index_body(self, strict: bool) -> dict[str, Any]:
+        if not self.index_path.is_file():
+            return {}
+        try:
+            body = json.loads(self.index_path.read_text())
+            entries = body["checkpoints"]
+            if not isinstance(entries, list) or not all(map(_valid_entry, entries)):
+                raise ValueError("malformed checkpoint entries")
+            if not isinstance(body.get("files", {}), dict):
+                raise ValueError("malformed 'files'")
+            return body
+        except (ValueError, KeyError, TypeError, OSError) as err:
+            if not strict:
+                return {}
+            raise UserError(
+                f"{self.index_path}: damaged ({err}), so the checkpoints of {self.path} cannot be "
+                f"verified; restore the file from a backup or start a new run"
+            ) from None
+
+    def read_index(self, strict: bool = True) -> list[dict[str, Any]]:
+        """The checkpoints, oldest first. A damaged index raises (strict) or reads as empty."""
+        return list(self._read_index_body(strict).get("checkpoints", []))
+
+    def read_recorded_files(self) -> dict[str, str]:
+        """sha256 of last.safetensors and best.safetensors as recorded with the newest checkpoint."""
+        return dict(self._read_index_body(strict=True).get("files", {}))
+
+    def write_best(self, weights: bytes) -> None:
+        """Write best.safetensors; its sha256 is recorded with the next checkpoint."""
+        atomic_write_bytes(self.best_weights, weights)
+        self._best_sha256 = sha256_bytes(weights)
+
+    def sync_last(self, entry: dict[str, Any]) -> bool:
+        """Make last.safetensors the weights of `entry` (after a resume fell back past it)."""
+        if self.last_weights.is_file() and sha256_file(self.last_weights) == entry["weights_sha256"]:
+            return False
+        atomic_write_bytes(self.last_weights, (self.path / entry["weights"]).read_bytes())
+        return True
+
+    def save_checkpoint(
+        self, epoch: int, step: int, weights: bytes, state: bytes, keep: int
+    ) -> dict[str, Any]:
+        """Write epoch weights + state, refresh last.safetensors, then the index; prune old ones.
+
+        The index keeps the newest `keep` end-of-epoch checkpoints, plus a mid-epoch one (written
+        by a graceful stop) until the next checkpoint replaces it. A process killed anywhere in
+        here leaves the previous index, whose files are all intact (each write is atomic, and
+        files are deleted only after the new index is in place)."""
+        name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+        folder = self.path / "checkpoints"
+        weights_path, state_path = folder / f"{name}.safetensors", folder / f"{name}.state.pt"
+        atomic_write_bytes(weights_path, weights)
+        atomic_write_bytes(state_path, state)
+        atomic_write_bytes(self.last_weights, weights)
+        entry = {
+            "epoch": epoch,
+            "step": step,
+            "weights": weights_path.relative_to(self.path).as_posix(),
+            "weights_sha256": sha256_bytes(weights),
+            "state": state_path.relative_to(self.path).as_posix(),
+            "state_sha256": sha256_bytes(state),
+        }
+        old = self._read_index_body(strict=False)
+        previous = [e for e in old.get("checkpoints", []) if e["weights"] != entry["weights"]]
+        epoch_entries = [e for e in previous if not e.get("step")]
+        kept = epoch_entries[-keep:] + [entry] if step else (epoch_entries + [entry])[-keep:]
+        files = {**old.get("files", {}), "last.safetensors": entry["weights_sha256"]}
+        if self._best_sha256 is not None:
+            files["best.safetensors"] = self._best_sha256
+        atomic_write_text(self.index_path,
+                          json.dumps({"checkpoints": kept, "files": files}, indent=1))
+        in_use = {e[key] for e in kept for key in ("weights", "state")}
+        for gone in previous:
+            for key in ("weights", "state"):
+                if gone[key] not in in_use:
+                    (self.path / gone[key]).unlink(missing_ok=True)
+        return entry
+
+    def verify(self, entry: dict[str, Any]) -> str | None:
+        """None if both files of a checkpoint match their recorded sha256, else what is wrong."""
+        for key in ("weights", "state"):
+            path = self.path / entry[key]
+            if not path.is_file():
+                return f"{path} is missing"
+            if sha256_file(path) != entry[f"{key}_sha256"]:
+                return f"{path} is truncated or modified (checksum mismatch)"
+        return None
+
+    def newest_intact(self) -> tuple[dict[str, Any] | None, list[str]]:
+        """The newest checkpoint whose files verify, and a note for each one skipped."""
+        notes = []
+        for entry in reversed(self.read_index()):
+            problem = self.verify(entry)
+            if problem is None:
+                return entry, notes
+            notes.append(problem)
+        return None, notes
+
+
+def _valid_entry(entry: Any) -> bool:
+    """An index entry names two files inside RUN/checkpoints and their sha256 (a tampered index
+    must not make resume read, or pruning delete, anything else)."""
+    if not isinstance(entry, dict):
+        return False
+    for key in ("weights", "state"):
+        name = entry.get(key)
+        if not isinstance(name, str) or not isinstance(entry.get(f"{key}_sha256"), str):
+            return False
+        parts = Path(name).parts
+        if len(parts) != 2 or parts[0] != "checkpoints" or parts[1] in ("", ".", ".."):
+            return False
+    return isinstance(entry.get("epoch"), int) and isinstance(entry.get("step"), int)

@@ -1,0 +1,181 @@
+"""Predictions -> top-1 overall, many / medium / few, per-class accuracy and calibration (ECE)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from concutmix_cli.errors import UserError
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """ECE with `bins` equal-width confidence bins: sum_b |acc_b - conf_b| * n_b / N."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1, dtype=confidence.dtype)
+    which = torch.bucketize(confidence, edges[1:-1], right=False)
+    total = torch.zeros(bins, dtype=torch.float64)
+    gap = torch.zeros(bins, dtype=torch.float64)
+    total.index_add_(0, which, torch.ones_like(confidence, dtype=torch.float64))
+    gap.index_add_(0, which, (correct - confidence).double())
+    return float(gap.abs().sum() / max(len(labels), 1))
+
+
+def accuracy_report(
+    probs: torch.Tensor, labels: torch.Tensor, shot_groups: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Metrics of softmax probabilities [N, C] against labels [N]; group accuracies average the
+    per-class accuracies of the classes in the group (the usual LT protocol, equal to the sample
+    average on balanced test sets)."""
+    num_classes = probs.shape[1]
+    correct = (probs.argmax(dim=1) == labels).double()
+    per_class_hits = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, correct)
+    per_class_n = torch.bincount(labels, minlength=num_classes).double()
+    per_class = [
+        None if n == 0 else float(h / n) for h, n in zip(per_class_hits.tolist(), per_class_n.tolist())
+    ]
+
+    def group(ids: Iterable[int]) -> float | None:
+        values = [per_class[c] for c in ids if per_class[c] is not None]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "overall": float(correct.mean()) if len(labels) else None,
+        "many": group(shot_groups.get("many", [])),
+        "medium": group(shot_groups.get("medium", [])),
+        "few": group(shot_groups.get("few", [])),
+        "ece": expected_calibration_error(probs.float(), labels),
+        "per_class": per_class,
+        "num_samples": int(len(labels)),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches, device: torch.device, amp_dtype=None,
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities (float32, CPU) and labels for every sample of `batches`."""
+    was_training = model.training
+    model.eval()
+    all_probs, all_labels = [], []
+    for images, labels in batches:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images, project=False).logits
+        all_probs.append(logits.float().softmax(dim=1).cpu())
+        all_labels.append(labels.cpu())
+    model.train(was_training)
+    return torch.cat(all_probs), torch.cat(all_labels).long()
+
+
+def _shard_batches(batches, which: range) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of `batches` (an EvalBatches) numbered in `which`, cut and normalized exactly
+    as EvalBatches cuts them, without reading or decoding the other batches."""
+    split, size = batches.split, batches.batch_size
+    bounds = [(b * size, min((b + 1) * size, len(split))) for b in which]
+    labels = torch.from_numpy(split.labels)
+    if split.images is not None:
+        for start, stop in bounds:
+            x = split.images[start:stop].permute(0, 3, 1, 2).float().div_(255)
+            yield (x - batches.mean) / batches.std, labels[start:stop]
+        return
+    from torch.utils.data import DataLoader
+
+    from concutmix_cli.data.lists import ListImageDataset
+
+    dataset = ListImageDataset(batches.data.root, split.entries, transform=batches.transform)
+    yield from DataLoader(dataset, batch_sampler=[list(range(a, b)) for a, b in bounds],
+                          num_workers=batches.num_workers,
+                          pin_memory=batches.device.type == "cuda")
+
+
+def predict_sharded(model: torch.nn.Module, batches, device: torch.device, ctx=None,
+                    amp_dtype=None, channels_last: bool = False,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` split over the processes of a torchrun job: rank r computes the evaluation
+    batches r, r + G, ...; the predictions are gathered (padding dropped) and put back in the
+    single-process order, so every rank holds exactly what one process computes alone.
+    A single process (ctx None or world size 1) is `predict` itself."""
+    from concutmix_cli.engine import distributed as dist_utils
+
+    if ctx is None or not ctx.enabled:
+        return predict(model, batches, device, amp_dtype, channels_last)
+    total, size = len(batches.split), batches.batch_size
+    sizes = [min(size, total - start) for start in range(0, total, size)]
+    mine = dist_utils.shard_batches(len(sizes), ctx)
+    if len(mine):
+        probs, labels = predict(model, _shard_batches(batches, mine), device, amp_dtype,
+                                channels_last)
+    else:  # fewer batches than processes: this rank only takes part in the gather
+        probs = torch.zeros(0, batches.data.num_classes)
+        labels = torch.zeros(0, dtype=torch.long)
+    probs = dist_utils.gather_batches(probs, sizes, ctx)
+    labels = dist_utils.gather_batches(labels, sizes, ctx)
+    return probs, labels
+
+
+def resolve_weights(run_or_weights: Path) -> Path:
+    """A run folder means its last.safetensors; a file is taken as it is."""
+    path = Path(run_or_weights)
+    if path.is_dir():
+        weights = path / "last.safetensors"
+        if not weights.is_file():
+            raise UserError(f"{path} has no trained model (last.safetensors); train it first")
+        return weights
+    if not path.exists():
+        raise UserError(f"not found: {path} (give a run folder or a .safetensors weights file)")
+    return path
+
+
+def load_trained_model(weights_path: Path, device: torch.device):
+    """Rebuild the model from a weights file's own metadata and load the weights."""
+    from concutmix_cli.config import config_from_dict
+    from concutmix_cli.engine.checkpoint import read_weights
+    from concutmix_cli.models.build import build_model
+
+    tensors, meta = read_weights(weights_path)
+    if "config" not in meta or "num_classes" not in meta:
+        raise UserError(f"{weights_path}: weights metadata lacks the config; not a run's weights")
+    cfg = config_from_dict(meta["config"], origin=f"{weights_path} metadata")
+    model = build_model(cfg.model, int(meta["num_classes"]))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{weights_path}: weights do not match a {cfg.model.arch} with {meta['num_classes']} "
+            f"classes ({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
+    return model.to(device), cfg, meta
+
+
+def check_data_matches(meta: dict[str, Any], data) -> None:
+    if int(meta["num_classes"]) != data.num_classes:
+        raise UserError(
+            f"the weights have {meta['num_classes']} classes but {data.folder} has "
+            f"{data.num_classes}; pass the --data the model was trained on"
+        )
+
+
+def evaluate_run(run_or_weights: Path, data: Path | None = None, split: str = "test",
+                 device: str = "auto") -> dict[str, Any]:
+    from concutmix_cli.data.loader import EvalBatches
+    from concutmix_cli.data.prepared import load_prepared
+    from concutmix_cli.engine.runtime import resolve_device
+
+    if split not in ("test", "val"):
+        raise UserError(f"--split must be test or val (got {split!r})")
+    torch_device = resolve_device(device)
+    weights = resolve_weights(run_or_weights)
+    model, cfg, meta = load_trained_model(weights, torch_device)
+    prepared = load_prepared(Path(data) if data is not None else Path(cfg.data.path))
+    check_data_matches(meta, prepared)
+    batches = EvalBatches(prepared, split, cfg.data.views, cfg.data.eval_batch_size, torch_device)
+    probs, labels = predict(model, batches, torch_device)
+    report = accuracy_report(probs, labels, prepared.manifest["shot_groups"])
+    report.update({"split": split, "source": str(weights), "epoch": meta.get("epoch"),
+                   "data": str(prepared.folder)})
+    return report

@@ -1,0 +1,130 @@
+"""One training step of any method, as data: views -> (mix) -> model -> losses.
+
+The method decides what is computed (METHOD.md sections 3, 5, 6):
+- ce:        CE on view 0.
+- cutmix:    CE on view 0 mixed with a shuffle of the batch (lambda-weighted labels).
+- bcl:       alpha * logit-adjusted CE on view 0 + beta * BCL on views 1 and 2.
+- concutmix: bcl + class-balanced CutMix on view 0; from epoch E_r on, the mixed label is
+             rectified with the semantic similarity of the contrastive space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from concutmix_cli import losses
+from concutmix_cli.config import MethodConfig
+from concutmix_cli.engine.distributed import DistContext, gather_with_grad
+from concutmix_cli.mixing import area_labels, paste, sample_boxes
+from concutmix_cli.rectify import rectify_labels
+
+CONTRASTIVE_METHODS = ("bcl", "concutmix")
+FOREGROUND = {"ce": None, "cutmix": "batch", "bcl": None, "concutmix": "balanced"}
+
+
+def uses_contrast(method: str) -> bool:
+    return method in CONTRASTIVE_METHODS
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    """The total loss to back-propagate (already weighted)."""
+    terms: dict[str, torch.Tensor]
+    """Detached loss terms for logging: cls, bcl."""
+    correct: torch.Tensor
+    """Number of view-0 predictions equal to the background class a (detached)."""
+    rect_weight: torch.Tensor | None
+    """Mean omega * rho over the batch when the labels were rectified, else None."""
+
+
+class MethodStep:
+    """Computes the loss of one batch for the configured method."""
+
+    def __init__(self, method: MethodConfig, class_counts: torch.Tensor, ctx: DistContext,
+                 autocast_dtype: torch.dtype | None, channels_last: bool):
+        self.cfg = method
+        self.class_counts = class_counts.float()
+        self.log_prior = losses.log_prior_from_counts(class_counts)
+        self.num_classes = len(class_counts)
+        self.ctx = ctx
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        self.tau = method.tau if uses_contrast(method.name) else 0.0
+
+    def mix(self, batch: dict[str, torch.Tensor], lam: float, box_seed: int):
+        """Paste the foreground box into view 0; returns (mixed view, exact lam per sample)."""
+        view0 = batch["view0"]
+        n, _, height, width = view0.shape
+        generator = torch.Generator().manual_seed(box_seed % 2**63)
+        box = sample_boxes(torch.tensor([lam]), height, width, generator)  # one box per batch
+        return paste(view0, batch["fg_view0"], box.expand(n, 4))
+
+    def __call__(self, model, batch: dict[str, torch.Tensor], epoch: int, mixed: bool,
+                 lam: float = 1.0, box_seed: int = 0) -> StepResult:
+        cfg = self.cfg
+        device = batch["view0"].device
+        labels = batch["labels"]
+        n = labels.shape[0]
+        view0, lam_vec = (self.mix(batch, lam, box_seed) if mixed else (batch["view0"], None))
+        contrast = uses_contrast(cfg.name)
+        inputs = torch.cat([view0, batch["view1"], batch["view2"]]) if contrast else view0
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            # The prototypes come out of the forward pass, so that under DDP the prototype head
+            # is part of the forward DDP tracks (its gradients are averaged like all others).
+            out = model(inputs, project=contrast, with_prototypes=contrast)
+            prototypes = out.prototypes
+        logits = out.logits[:n].float()
+        log_prior = self.log_prior.to(device)
+        rect_weight = None
+        if mixed:
+            fg_labels = batch["fg_labels"]
+            rectify = cfg.name == "concutmix" and epoch >= cfg.rectify_start_epoch
+            if rectify:
+                area = area_labels(labels, fg_labels, lam_vec, self.num_classes)
+                rect = rectify_labels(area, out.projection[:n].float(), prototypes.float(),
+                                      self.class_counts.to(device), cfg.omega, cfg.top_k)
+                cls = losses.logit_adjusted_ce(logits, rect.rectified, log_prior, self.tau)
+                rect_weight = (cfg.omega * rect.rho).mean().detach()
+            else:
+                cls = losses.mixed_ce(logits, labels, fg_labels, lam_vec, log_prior, self.tau)
+        else:
+            cls = losses.logit_adjusted_ce(logits, labels, log_prior, self.tau)
+        terms = {"cls": cls.detach()}
+        if contrast:
+            # Under torchrun the contrastive set is the GLOBAL batch: every rank's features and
+            # labels are gathered (gradients flow back to the local part) and the rank's own rows
+            # are the anchors; the prototypes are computed identically on every rank. The mean
+            # over local anchors, averaged over ranks by DDP, is the single-process loss. The
+            # classification term and the rectification above are per sample, so local.
+            z = F.normalize(out.projection[n:].float(), dim=1)  # views 1 and 2
+            z_labels = torch.cat([labels, labels])
+            z_all = gather_with_grad(z, self.ctx)
+            labels_all = _gather_labels(z_labels, self.ctx)
+            anchors = None
+            if self.ctx.enabled:
+                local = z.shape[0]
+                anchors = torch.arange(local, device=device) + self.ctx.rank * local
+            bcl = losses.balanced_contrastive_loss(
+                z_all, labels_all, F.normalize(prototypes.float(), dim=1), cfg.temperature,
+                anchor_index=anchors,
+            )
+            terms["bcl"] = bcl.detach()
+            loss = cfg.alpha * cls + cfg.beta * bcl
+        else:
+            loss = cls
+        correct = (logits.argmax(dim=1) == labels).sum().detach()
+        return StepResult(loss=loss, terms=terms, correct=correct, rect_weight=rect_weight)
+
+
+def _gather_labels(labels: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    from concutmix_cli.engine.distributed import gather_no_grad
+
+    return gather_no_grad(labels, ctx)
+

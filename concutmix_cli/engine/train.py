@@ -1,0 +1,498 @@
+"""The training loop, readable top to bottom: config -> data -> model -> epochs of steps ->
+evaluation -> checkpoint. One loop serves every method; `MethodStep` decides what a step computes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from concutmix_cli import __version__
+from concutmix_cli.config import Config, build_config, config_from_dict
+from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
+from concutmix_cli.data.prepared import PreparedData, load_prepared
+from concutmix_cli.data.sampling import EpochPlanner
+from concutmix_cli.engine import distributed as dist_utils
+from concutmix_cli.engine import runtime
+from concutmix_cli.engine.checkpoint import (
+    RunFolder, atomic_write_bytes, atomic_write_text, read_state, state_bytes, weights_bytes,
+)
+from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
+from concutmix_cli.engine.step import FOREGROUND, MethodStep, uses_contrast
+from concutmix_cli.errors import UserError
+from concutmix_cli.models.build import build_model
+
+EXIT_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class StopRequested(Exception):
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+@dataclass
+class TrainRequest:
+    preset: str | None = None
+    out: Path | None = None
+    resume: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    shortcuts: dict[str, Any] = field(default_factory=dict)
+
+
+def lr_at(epoch: int, cfg: Config) -> float:
+    """Per-epoch learning rate: linear warm-up, then step decay or cosine (the BCL schedule)."""
+    optim = cfg.optim
+    if epoch < optim.warmup_epochs:
+        return optim.lr * (epoch + 1) / optim.warmup_epochs
+    if optim.schedule == "cosine":
+        span = max(optim.epochs - optim.warmup_epochs, 1)
+        progress = (epoch - optim.warmup_epochs) / span
+        return optim.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return optim.lr * optim.gamma ** sum(epoch >= m for m in optim.milestones)
+
+
+def check_config_against_data(cfg: Config, data: PreparedData) -> None:
+    if cfg.method.name == "concutmix" and cfg.method.top_k > data.num_classes:
+        raise UserError(
+            f"method.top_k = {cfg.method.top_k} exceeds the {data.num_classes} classes of "
+            f"{data.folder}; set --set method.top_k=N with N <= {data.num_classes}"
+        )
+    if cfg.data.augment_on == "device" and not data.is_arrays:
+        raise UserError("data.augment_on = 'device' needs an in-memory dataset (CIFAR, synthetic)")
+    if cfg.data.views == "cifar" and data.is_arrays and data.manifest.get("image_size") != 32:
+        raise UserError(f"data.views = 'cifar' expects 32x32 images; {data.folder} has "
+                        f"{data.manifest.get('image_size')}")
+
+
+def resolve_request(request: TrainRequest) -> tuple[Config, RunFolder, bool]:
+    """The config and run folder of a new run or of a resumed one."""
+    if request.resume is not None:
+        run = RunFolder(request.resume)
+        if not run.config_path.is_file():
+            raise UserError(f"--resume {run.path}: no config.json there; not a run folder")
+        import json
+
+        try:
+            saved = json.loads(run.config_path.read_text())
+            if not isinstance(saved, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:  # bad JSON, not UTF-8, not an object
+            raise UserError(f"{run.config_path}: unreadable ({err}); not a run's config") from None
+        if request.preset is not None:
+            raise UserError("--resume reads the run's own config; do not pass --preset with it")
+        cfg = build_config(base=saved, overrides=request.overrides, shortcuts=request.shortcuts)
+        return cfg, run, True
+    cfg = build_config(preset=request.preset or "smoke", overrides=request.overrides,
+                       shortcuts=request.shortcuts)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg, RunFolder(request.out or Path("runs") / f"{cfg.preset}-{stamp}"), False
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run: RunFolder, console: Console | None = None,
+                 ctx: dist_utils.DistContext | None = None):
+        self.cfg = cfg
+        self.run = run
+        self.console = console or Console(quiet=True)
+        self.ctx = ctx or dist_utils.DistContext()
+        rt = cfg.runtime
+        self.device = runtime.resolve_device(rt.device, self.ctx.local_rank)
+        self.precision = runtime.resolve_precision(rt, self.device)
+        self.channels_last = runtime.use_channels_last(rt, self.device)
+        runtime.set_deterministic(rt.deterministic)
+        runtime.seed_everything(rt.seed)
+
+        self.data = load_prepared(cfg.data.path)
+        check_config_against_data(cfg, self.data)
+        if cfg.optim.batch_size % self.ctx.world_size:
+            raise UserError(f"optim.batch_size {cfg.optim.batch_size} must divide by the "
+                            f"{self.ctx.world_size} processes")
+        self.class_counts = torch.tensor(self.data.train_counts, dtype=torch.float32)
+        method = cfg.method.name
+        self.planner = EpochPlanner(
+            self.data.train.labels, seed=rt.seed, batch_size=cfg.optim.batch_size,
+            foreground=FOREGROUND[method], mix_prob=cfg.method.cutmix_prob,
+            mix_beta=cfg.method.cutmix_beta, rank=self.ctx.rank, world_size=self.ctx.world_size,
+            max_steps=rt.max_steps_per_epoch,
+        )
+        if self.planner.steps_per_epoch() == 0:
+            raise UserError(f"optim.batch_size {cfg.optim.batch_size} is larger than the "
+                            f"{len(self.data.train)} training images")
+
+        self.model = build_model(cfg.model, self.data.num_classes).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model = self._wrap_distributed(self.model)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
+        self.step_fn = MethodStep(cfg.method, self.class_counts, self.ctx,
+                                  self.precision.autocast_dtype, self.channels_last)
+        contrast = uses_contrast(method)
+        if cfg.data.augment_on == "device":
+            self.device_batches = DeviceBatches(self.data, self.planner, contrast, self.device)
+            self.loader = None
+        else:
+            self.device_batches = None
+            self.loader = build_train_loader(self.data, self.planner, cfg.data.views, contrast,
+                                             cfg.data.num_workers, self.device)
+        self.start_epoch, self.start_step = 0, 0
+        self.partial: dict[str, float] = {}
+        self.best_val: float | None = None
+        self._stop_code: int | None = None
+        self.bad_steps = 0
+
+    def _wrap_distributed(self, model):
+        # DDP under torchrun (optional SyncBatchNorm); ce/cutmix leave the two heads unused.
+        self.model, wrapped = dist_utils.wrap_model(
+            model, self.ctx, self.device, sync_batchnorm=self.cfg.model.sync_batchnorm,
+            find_unused_parameters=not uses_contrast(self.cfg.method.name))
+        return wrapped
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _metadata(self, epoch: int) -> dict[str, Any]:
+        return {
+            "config": self.cfg.model_dump(), "epoch": epoch, "num_classes": self.data.num_classes,
+            "classes": self.data.classes, "arch": self.cfg.model.arch,
+            "data_checksum": self.data.manifest.get("checksum"),
+        }
+
+    def _state(self, epoch: int, step: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch, "step": step, "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": runtime.rng_state(), "partial": dict(self.partial),
+            "best_val": self.best_val, "bad_steps": self.bad_steps,
+            "toolkit_version": __version__,
+        }
+
+    def save_checkpoint(self, epoch: int, step: int = 0) -> None:
+        """epoch = epochs fully done (step 0), or the epoch in progress with `step` steps done."""
+        self._check_weights_finite(epoch, step)
+        if not self.ctx.is_main:
+            return
+        self.run.save_checkpoint(
+            epoch, step, weights_bytes(self.model.state_dict(), self._metadata(epoch)),
+            state_bytes(self._state(epoch, step)), keep=self.cfg.runtime.keep,
+        )
+
+    def _check_weights_finite(self, epoch: int, step: int = 0) -> None:
+        """Never save NaN/inf weights over the last good checkpoint (a finite loss can still give
+        an update that overflows)."""
+        bad = next((name for name, t in self.model.state_dict().items()
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            where = f"end of epoch {epoch}" if not step else f"epoch {epoch + 1}, step {step}"
+            raise NonFiniteLoss(
+                f"{where}: non-finite weights ({bad}) after the update; stopped without saving "
+                f"(last good checkpoint kept in {self.run.path}). Lower the learning rate"
+            )
+
+    def restore(self) -> None:
+        if self.ctx.is_main:  # what a killed process was writing when it died
+            for leftover in self.run.remove_temporaries():
+                self.console.print(f"removed an unfinished write: {leftover}")
+        entry, notes = self.run.newest_intact()
+        if dist_utils.any_rank(dist_utils.broadcast_object(entry, self.ctx) != entry, self.ctx):
+            raise UserError(f"{self.run.path}: the processes do not all see rank 0's checkpoint; "
+                            "the run folder must be on a filesystem that every node shares")
+        for note in notes:
+            self.console.print(f"[yellow]skipping checkpoint:[/] {note}")
+        if entry is None:
+            if notes:
+                raise UserError(f"{self.run.path}: no intact checkpoint to resume from "
+                                f"({'; '.join(notes)}); start a new run with --out")
+            if self.ctx.is_main:  # rows of epochs that were never checkpointed are redone
+                self.run.truncate_metrics(0)
+            self.console.print("no checkpoint yet: starting from the beginning")
+            return
+        from concutmix_cli.engine.checkpoint import read_weights
+
+        weights_path = self.run.path / entry["weights"]
+        tensors, meta = read_weights(weights_path)
+        if (meta.get("arch"), meta.get("num_classes")) != (self.cfg.model.arch,
+                                                           self.data.num_classes):
+            raise UserError(
+                f"{weights_path}: a {meta.get('arch')} with {meta.get('num_classes')} classes "
+                f"cannot continue as a {self.cfg.model.arch} on {self.data.folder} "
+                f"({self.data.num_classes} classes); resume with the run's own model and data"
+            )
+        state = read_state(self.run.path / entry["state"])
+        try:
+            self.model.load_state_dict(tensors)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"{weights_path}: does not fit the configured model "
+                            f"({str(err).strip().splitlines()[0]}); resume with the run's own "
+                            f"config") from None
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        runtime.set_rng_state(state["rng"])
+        self.start_epoch, self.start_step = int(state["epoch"]), int(state["step"])
+        self.partial = dict(state.get("partial") or {})
+        self.best_val = state.get("best_val")
+        self.bad_steps = int(state.get("bad_steps", 0))
+        if self.ctx.is_main:
+            self.run.truncate_metrics(self.start_epoch)
+            self.run.sync_last(entry)  # last.safetensors may be newer than the index, or damaged
+        where = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step}" if self.start_step else "")
+        fallback = f" (the newest intact checkpoint, {entry['weights']})" if notes else ""
+        self.console.print(f"resuming {self.run.path} at {where}{fallback}")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _batches(self, epoch: int, start_step: int):
+        if self.device_batches is not None:
+            for step in range(start_step, self.planner.steps_per_epoch()):
+                yield step, self.device_batches.batch(epoch, step)
+            return
+        self.loader.batch_sampler.set_epoch(epoch, start_step)
+        for offset, batch in enumerate(self.loader):
+            yield start_step + offset, {
+                k: v.to(self.device, non_blocking=True) for k, v in batch.items()
+            }
+
+    def _handle_signal(self, signum, _frame) -> None:
+        self._stop_code = EXIT_SIGNALS.get(signal.Signals(signum), 130)
+
+    def train_epoch(self, epoch: int, progress: Progress | None) -> dict[str, float]:
+        cfg = self.cfg
+        model = self.train_model
+        model.train()
+        lr = lr_at(epoch, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        steps = self.planner.steps_per_epoch()
+        start_step = self.start_step if epoch == self.start_epoch else 0
+        restored = self.partial if start_step else {}
+        # A mid-epoch resume continues the saved float32 running sums (a float32 survives the
+        # round trip through float64 exactly), so the epoch's metrics are bit-identical.
+        sums = {k: torch.tensor(float(restored.get(k, 0.0)), device=self.device) for k in
+                ("loss", "cls", "bcl", "correct", "rect_weight")}
+        counts = {k: int(restored.get(k, 0)) for k in
+                  ("samples", "steps", "mixed", "rectified", "skipped")}
+        task = progress.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=steps,
+                                 completed=start_step) if progress else None
+        started = time.perf_counter()
+        accumulate = cfg.optim.accumulate
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, batch in self._batches(epoch, start_step):
+            plan = self.planner.plan(epoch, step)
+            result = self.step_fn(model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+            # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
+            if dist_utils.any_rank(not bool(torch.isfinite(result.loss)), self.ctx):
+                self._non_finite(epoch, step, result)
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
+            self.scaler.scale(result.loss / accumulate).backward()
+            if (step + 1) % accumulate == 0 or step + 1 == steps:
+                scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if scale_before is not None and self.scaler.get_scale() < scale_before:
+                    counts["skipped"] += 1
+                self.optimizer.zero_grad(set_to_none=True)
+            n = batch["labels"].shape[0]
+            sums["loss"] += result.loss.detach() * n
+            sums["cls"] += result.terms["cls"] * n
+            if "bcl" in result.terms:
+                sums["bcl"] += result.terms["bcl"] * n
+            sums["correct"] += result.correct
+            if result.rect_weight is not None:
+                sums["rect_weight"] += result.rect_weight
+                counts["rectified"] += 1
+            counts["samples"] += n
+            counts["steps"] += 1
+            counts["mixed"] += int(plan.mix)
+            if progress is not None and (step % 5 == 0 or step + 1 == steps):
+                elapsed = time.perf_counter() - started
+                progress.update(task, completed=step + 1, description=(
+                    f"epoch {epoch + 1}/{cfg.optim.epochs} loss {float(sums['loss']) / counts['samples']:.3f}"
+                    f" lr {lr:.4f} {counts['samples'] * self.ctx.world_size / max(elapsed, 1e-9):.0f} img/s"))
+            # stop together, and only after an optimizer step: the gradients accumulated since
+            # the last one are not saved, so stopping between would not resume exactly
+            boundary = (step + 1) % accumulate == 0 or step + 1 == steps
+            if boundary and dist_utils.any_rank(self._stop_code is not None, self.ctx):
+                self.partial = _merge_partial(restored, sums, counts, time.perf_counter() - started)
+                self.save_checkpoint(epoch, step + 1)
+                raise StopRequested(self._stop_code or EXIT_SIGNALS[signal.SIGTERM])
+        if progress is not None:
+            progress.remove_task(task)
+        seconds = time.perf_counter() - started
+        totals = _merge_partial(restored, sums, counts, seconds)
+        reduced = torch.tensor([totals[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
+                               device=self.device)
+        dist_utils.all_reduce_sum(reduced, self.ctx)
+        totals = dict(zip(_PARTIAL_KEYS, reduced.tolist()))
+        samples = max(totals["samples"], 1)
+        world = self.ctx.world_size
+        return {
+            "lr": lr,
+            "loss": totals["loss"] / samples,
+            "loss_cls": totals["cls"] / samples,
+            "loss_bcl": totals["bcl"] / samples if uses_contrast(cfg.method.name) else None,
+            "train_acc": totals["correct"] / samples,
+            "rect_weight": (totals["rect_weight"] / totals["rectified"]) if totals["rectified"] else None,
+            "mixed_steps": int(totals["mixed"] / world),
+            "steps": int(totals["steps"] / world),
+            "skipped_steps": int(totals["skipped"] / world),
+            "seconds": totals["seconds"] / world,
+            "samples_per_s": totals["samples"] / max(totals["seconds"] / world, 1e-9),
+        }
+
+    def _non_finite(self, epoch: int, step: int, result) -> None:
+        bad = [k for k, v in result.terms.items() if not torch.isfinite(v)] or ["loss"]
+        self.bad_steps += 1
+        where = f"epoch {epoch + 1}, step {step + 1}: non-finite {'/'.join(bad)} loss"
+        if self.bad_steps > self.cfg.runtime.max_bad_steps:
+            raise NonFiniteLoss(
+                f"{where}; stopped (last good checkpoint kept in {self.run.path}). Lower the "
+                f"learning rate, or allow skipping with --set runtime.max_bad_steps=N"
+            )
+        self.console.print(f"[yellow]skipping batch:[/] {where} "
+                           f"({self.bad_steps}/{self.cfg.runtime.max_bad_steps})")
+
+    def evaluate(self, split: str) -> dict[str, Any] | None:
+        if getattr(self.data, split) is None:
+            return None
+        batches = EvalBatches(self.data, split, self.cfg.data.views,
+                              self.cfg.data.eval_batch_size, self.device)
+        # Under torchrun each rank predicts its share of the batches; all ranks get them all back.
+        probs, labels = predict_sharded(self.model, batches, self.device, self.ctx,
+                                        self.precision.autocast_dtype, self.channels_last)
+        return accuracy_report(probs, labels, self.data.manifest["shot_groups"])
+
+    def fit(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        previous = {sig: signal.signal(sig, self._handle_signal) for sig in EXIT_SIGNALS}
+        rows = []
+        progress = None
+        if self.ctx.is_main and self.console.is_terminal:
+            progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            progress.start()
+        try:
+            for epoch in range(self.start_epoch, cfg.optim.epochs):
+                row = self.train_epoch(epoch, progress)
+                self.partial = {}
+                test, val = self.evaluate("test"), self.evaluate("val")
+                row = {"epoch": epoch + 1, **row}
+                for prefix, report in (("test", test), ("val", val)):
+                    if report is not None:
+                        for key in ("overall", "many", "medium", "few", "ece"):
+                            row[f"{prefix}_{'top1' if key == 'overall' else key}"] = report[key]
+                row["bad_steps"] = self.bad_steps
+                self._check_weights_finite(epoch + 1)  # before the metrics row is written
+                if self.ctx.is_main:
+                    self._end_of_epoch(epoch, row, val)
+                rows.append(row)
+                dist_utils.barrier(self.ctx)
+                # a signal during evaluation or the checkpoint: stop at this epoch boundary
+                if epoch + 1 < cfg.optim.epochs and dist_utils.any_rank(
+                        self._stop_code is not None, self.ctx):
+                    raise StopRequested(self._stop_code or EXIT_SIGNALS[signal.SIGTERM])
+        finally:
+            if progress is not None:
+                progress.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return rows
+
+    def _end_of_epoch(self, epoch: int, row: dict[str, Any], val: dict[str, Any] | None) -> None:
+        self.run.append_metrics(row)
+        if val is not None and (self.best_val is None or val["overall"] > self.best_val):
+            self.best_val = val["overall"]
+            self.run.write_best(  # its sha256 goes into the index with the checkpoint below
+                weights_bytes(self.model.state_dict(), self._metadata(epoch + 1)))
+        self.save_checkpoint(epoch + 1)
+        self.console.print(_summary_line(row, self.cfg.optim.epochs))
+
+
+_PARTIAL_KEYS = ("loss", "cls", "bcl", "correct", "rect_weight", "samples", "steps", "mixed",
+                 "rectified", "skipped", "seconds")
+
+
+def _merge_partial(restored: dict[str, float], sums: dict[str, torch.Tensor],
+                   counts: dict[str, int], seconds: float) -> dict[str, float]:
+    """The epoch's totals so far: `sums` and `counts` already continue the restored ones; only
+    the wall-clock seconds of the earlier process are added."""
+    now = {**{k: float(v) for k, v in sums.items()}, **{k: float(v) for k, v in counts.items()},
+           "seconds": seconds + float(restored.get("seconds", 0.0))}
+    return {k: now.get(k, 0.0) for k in _PARTIAL_KEYS}
+
+
+def _fmt(value, percent: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
+def _summary_line(row: dict[str, Any], epochs: int) -> str:
+    text = (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  lr {row['lr']:.4f}  "
+            f"train {_fmt(row['train_acc'])}%")
+    if "test_top1" in row:
+        text += (f"  test {_fmt(row['test_top1'])}% (many {_fmt(row['test_many'])} / medium "
+                 f"{_fmt(row['test_medium'])} / few {_fmt(row['test_few'])})")
+    if row.get("rect_weight") is not None:
+        text += f"  omega*rho {row['rect_weight']:.2e}"
+    return text + f"  {row['seconds']:.1f}s {row['samples_per_s']:.0f} img/s"
+
+
+def run_training(request: TrainRequest, console: Console | None = None) -> Path:
+    """Entry point of `concutmix train` (and of torchrun): returns the run folder."""
+    console = console or Console()
+    cfg, run, resuming = resolve_request(request)
+    ctx = dist_utils.init_from_env(cfg.runtime.device)
+    if not ctx.is_main:
+        console = Console(quiet=True)
+    try:
+        if not resuming:  # rank 0 creates the folder; every rank then uses rank 0's path
+            def create() -> str:
+                run.create()
+                atomic_write_text(run.config_path, cfg.to_json())
+                return str(run.path)
+
+            run = RunFolder(Path(dist_utils.main_first(create, ctx)))
+        try:
+            trainer = Trainer(cfg, run, console, ctx)
+        except BaseException:
+            if ctx.is_main and not resuming:  # bad data or config: leave no empty run behind
+                run.discard_new()
+            raise
+        if ctx.is_main:
+            atomic_write_bytes(run.path / "manifest.json",
+                               (trainer.data.folder / "manifest.json").read_bytes())
+            if resuming:
+                atomic_write_text(run.config_path, cfg.to_json())
+        if resuming:
+            trainer.restore()
+        else:
+            console.print(f"training {cfg.method.name} ({cfg.preset}) on {trainer.data.folder} "
+                          f"-> {run.path}  [{trainer.device.type}, {trainer.precision.name}]")
+        try:
+            trainer.fit()
+        except StopRequested as stop:
+            console.print(f"stopped; resume with: concutmix train --resume {run.path}")
+            raise SystemExit(stop.exit_code) from None
+        console.print(f"done: {run.path}")
+        return run.path
+    finally:
+        dist_utils.shutdown()

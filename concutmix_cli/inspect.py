@@ -1,0 +1,597 @@
+"""`concutmix inspect-labels`: what label rectification (METHOD.md section 6) does to real mixed samples.
+
+Three layers, so that notebooks and tests can stop at any of them:
+- `draw_mixed_samples`: N CutMix samples made the way training makes them (the classification
+  view of a background image A drawn uniformly from the training set, pasted with the box of a
+  class-balanced foreground image B). Unlike training, which draws ONE lambda and ONE box per
+  batch, every sample here gets its own lambda ~ Beta(cutmix_beta, cutmix_beta) and its own box,
+  so one dump shows a range of mixing ratios. Depends only on (data, seed, views, beta).
+- `inspect_labels`: the trained model in eval mode on those samples, then `rectify_labels`, the
+  very function `train` calls; returns an `InspectResult` (no printing, no files).
+- `run_inspect`: the CLI: loads the run, validates the options, prints the table and summary and
+  writes the safetensors dump, the PNG grid and the CSV (all atomically).
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from concutmix_cli import __version__
+from concutmix_cli.data.prepared import PreparedData
+from concutmix_cli.data.sampling import ClassBalancedSampler, counter_rng, counter_seed
+from concutmix_cli.errors import UserError
+from concutmix_cli.mixing import area_labels as make_area_labels
+from concutmix_cli.mixing import draw_lambda, paste, sample_boxes
+from concutmix_cli.rectify import rectification_weight, rectify_labels
+
+__all__ = [
+    "DUMP_FORMAT",
+    "GROUPS",
+    "InspectResult",
+    "MixedSamples",
+    "draw_mixed_samples",
+    "dump_bytes",
+    "grid_png_bytes",
+    "inspect_labels",
+    "rows_csv_text",
+    "run_inspect",
+    "sample_rows",
+    "summarize",
+    "validate_settings",
+]
+
+DUMP_FORMAT = "concutmix-inspect/1"
+GROUPS = ("many", "medium", "few")
+"""Shot groups of the manifest (head = many, tail = few); a sample belongs to its class a's group."""
+
+# Counter stream of the inspection draws; far from the training streams of data/sampling.py (1-5)
+# so that an inspection with seed S never replays the draws of a training run with seed S.
+_INSPECT_STREAM = 1001
+_BACKGROUND, _FOREGROUND, _LAMBDA, _VIEWS = 0, 1, 2, 3
+
+TILE_MIN_SIDE = 128
+"""Images smaller than this are upscaled (nearest, integer factor) in the PNG grid."""
+GRID_COLUMNS = 8
+
+
+# ----------------------------------------------------------------------------- drawing samples
+
+
+@dataclass(frozen=True)
+class MixedSamples:
+    """N mixed classification views and where they came from (all on the CPU).
+
+    images: [N, 3, H, W] float32, normalized with the data's mean/std (what the model sees);
+    index_a / index_b: training-set indices of the background and foreground images;
+    class_a / class_b: their classes (int64); lam: [N] exact fraction of A's pixels left;
+    boxes: [N, 4] (y0, y1, x0, x1) half-open, as `mixing.sample_boxes` returns them.
+    """
+
+    images: torch.Tensor
+    index_a: torch.Tensor
+    index_b: torch.Tensor
+    class_a: torch.Tensor
+    class_b: torch.Tensor
+    lam: torch.Tensor
+    boxes: torch.Tensor
+
+
+def _image_reader(data: PreparedData):
+    """Training index -> PIL image, for in-memory arrays or list datasets."""
+    split = data.train
+    if split.images is not None:
+        from PIL import Image
+
+        return lambda index: Image.fromarray(split.images[index].numpy())
+    from concutmix_cli.data.lists import ListImageDataset
+
+    images = ListImageDataset(data.root, split.entries, transform=None)
+    return lambda index: images[index][0]
+
+
+def draw_mixed_samples(
+    data: PreparedData, num: int, seed: int, views_kind: str = "cifar", cutmix_beta: float = 1.0
+) -> MixedSamples:
+    """Draw `num` CutMix samples from the training split, reproducibly from `seed`.
+
+    A: uniform over the training images; B: class-balanced (`ClassBalancedSampler`: a class
+    uniformly, then one of its images); lam ~ Beta(cutmix_beta, cutmix_beta) and a box per
+    sample (`draw_lambda`, `sample_boxes`); both images get the training classification view
+    (`views.classification_view`) under torch's RNG seeded per sample (the global RNG is left
+    untouched); `mixing.paste` pastes B's box into A and recomputes lam from the clipped box.
+    """
+    from concutmix_cli.data.views import classification_view
+
+    if num < 1:
+        raise UserError(f"--num must be at least 1 (got {num})")
+    labels = np.asarray(data.train.labels, dtype=np.int64)
+    if len(labels) == 0:
+        raise UserError(f"{data.folder}: the training split is empty")
+    index_a = counter_rng(seed, _INSPECT_STREAM, _BACKGROUND).integers(0, len(labels), size=num)
+    index_b = ClassBalancedSampler(labels).draw(num, counter_rng(seed, _INSPECT_STREAM, _FOREGROUND))
+    view_seeds = counter_rng(seed, _INSPECT_STREAM, _VIEWS).integers(0, 2**63 - 1, size=num)
+
+    read = _image_reader(data)
+    view = classification_view(views_kind, data.mean, data.std)
+    backgrounds, foregrounds = [], []
+    with torch.random.fork_rng(devices=[]):
+        for a, b, s in zip(index_a, index_b, view_seeds):
+            torch.manual_seed(int(s))
+            backgrounds.append(view(read(int(a))))
+            foregrounds.append(view(read(int(b))))
+    background = torch.stack(backgrounds)
+    foreground = torch.stack(foregrounds)
+
+    generator = torch.Generator().manual_seed(counter_seed(seed, _INSPECT_STREAM, _LAMBDA))
+    lam_draw = draw_lambda(num, cutmix_beta, generator)
+    height, width = background.shape[-2:]
+    boxes = sample_boxes(lam_draw, height, width, generator)
+    mixed, lam = paste(background, foreground, boxes)
+    index_a_t = torch.from_numpy(np.asarray(index_a, dtype=np.int64))
+    index_b_t = torch.from_numpy(np.asarray(index_b, dtype=np.int64))
+    label_t = torch.from_numpy(labels)
+    return MixedSamples(
+        images=mixed, index_a=index_a_t, index_b=index_b_t, class_a=label_t[index_a_t],
+        class_b=label_t[index_b_t], lam=lam, boxes=boxes,
+    )
+
+
+# ----------------------------------------------------------------------------- model + rectification
+
+
+@dataclass
+class InspectResult:
+    """Everything `inspect-labels` shows and saves; tensors are on the CPU, float32 unless noted.
+
+    images [N,3,H,W] unnormalized 0..1; class_a, class_b, index_a, index_b [N] int64; lam [N];
+    area_labels, semantic_labels, rectified_labels, probs [N,C]; features [N,D] (g(h) of the
+    mixed image, before normalization); prototypes [C,D] (g'(W), before normalization);
+    class_counts [C] (training counts); rho [N]; weight [N] = omega * rho as applied (capped at 1).
+    """
+
+    images: torch.Tensor
+    class_a: torch.Tensor
+    class_b: torch.Tensor
+    index_a: torch.Tensor
+    index_b: torch.Tensor
+    lam: torch.Tensor
+    area_labels: torch.Tensor
+    features: torch.Tensor
+    prototypes: torch.Tensor
+    class_counts: torch.Tensor
+    semantic_labels: torch.Tensor
+    rho: torch.Tensor
+    weight: torch.Tensor
+    rectified_labels: torch.Tensor
+    probs: torch.Tensor
+    omega: float
+    top_k: int
+    seed: int
+    classes: list[str]
+    shot_groups: dict[str, list[int]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Provenance filled in by `run_inspect`: source, epoch, data, ..."""
+
+    @property
+    def num(self) -> int:
+        return int(self.class_a.shape[0])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of the safetensors dump (contiguous, CPU)."""
+        names = ("images", "class_a", "class_b", "index_a", "index_b", "lam", "area_labels",
+                 "features", "prototypes", "class_counts", "semantic_labels", "rho",
+                 "rectified_labels", "probs")
+        return {name: getattr(self, name).detach().cpu().contiguous() for name in names}
+
+
+def validate_settings(num: int, omega: float, top_k: int, num_classes: int) -> None:
+    """The checks training applies (top_k <= C, omega >= 0), plus N >= 1, as one-line UserErrors."""
+    if num < 1:
+        raise UserError(f"--num must be at least 1 (got {num})")
+    if not (isinstance(omega, (int, float)) and math.isfinite(omega) and omega >= 0):
+        raise UserError(f"--omega must be a finite number >= 0 (got {omega})")
+    if not 1 <= top_k <= num_classes:
+        raise UserError(f"--top-k must be between 1 and the {num_classes} classes (got {top_k})")
+
+
+@torch.no_grad()
+def inspect_labels(
+    model: torch.nn.Module,
+    data: PreparedData,
+    num: int,
+    seed: int,
+    omega: float,
+    top_k: int,
+    device: torch.device | str = "cpu",
+    *,
+    views_kind: str = "cifar",
+    cutmix_beta: float = 1.0,
+    batch_size: int = 256,
+    train_mode_prototypes: bool = False,
+) -> InspectResult:
+    """Draw `num` mixed samples, run `model` in eval mode, rectify their area labels.
+
+    The model's projection g(h) of each mixed image and its prototypes g'(W) go into
+    `rectify_labels` with the training counts of `data`, exactly as `train` calls it. In eval
+    mode the prototype head's BatchNorm uses its running statistics; during training it
+    normalizes the C weight rows with their own statistics. `train_mode_prototypes=True`
+    computes the prototypes that way instead (on a copy of the head, so no running statistics
+    change). The model's train/eval mode is restored afterwards. Forward passes run in float32,
+    `batch_size` images at a time.
+    """
+    validate_settings(num, omega, top_k, data.num_classes)
+    device = torch.device(device)
+    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta)
+    num_classes = data.num_classes
+    counts = torch.tensor(data.train_counts, dtype=torch.float32)
+
+    was_training = model.training
+    model.eval()
+    try:
+        features, logits = [], []
+        for start in range(0, num, batch_size):
+            chunk = samples.images[start : start + batch_size].to(device)
+            out = model(chunk, project=True)
+            features.append(out.projection.float().cpu())
+            logits.append(out.logits.float().cpu())
+        if train_mode_prototypes:
+            import copy
+
+            head = copy.deepcopy(model.prototype_head).train()
+            prototypes = head(model.classifier.weight.t()).float().cpu()
+        else:
+            prototypes = model.prototypes().float().cpu()
+    finally:
+        model.train(was_training)
+    features_t = torch.cat(features)
+    probs = torch.cat(logits).softmax(dim=1)
+
+    area = make_area_labels(samples.class_a, samples.class_b, samples.lam, num_classes)
+    rect = rectify_labels(area, features_t, prototypes, counts, omega, top_k)
+
+    mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(data.std, dtype=torch.float32).view(1, 3, 1, 1)
+    images = (samples.images * std + mean).clamp_(0.0, 1.0)
+    return InspectResult(
+        images=images, class_a=samples.class_a, class_b=samples.class_b,
+        index_a=samples.index_a, index_b=samples.index_b, lam=samples.lam.float(),
+        area_labels=area.float(), features=features_t, prototypes=prototypes,
+        class_counts=counts, semantic_labels=rect.semantic, rho=rect.rho,
+        weight=rectification_weight(rect, omega), rectified_labels=rect.rectified, probs=probs,
+        omega=float(omega), top_k=int(top_k), seed=int(seed), classes=list(data.classes),
+        shot_groups={g: list(data.manifest.get("shot_groups", {}).get(g, [])) for g in GROUPS},
+    )
+
+
+# ----------------------------------------------------------------------------- rows and summary
+
+
+def _group_of(classes: int, shot_groups: dict[str, list[int]]) -> list[str | None]:
+    lookup: list[str | None] = [None] * classes
+    for name in GROUPS:
+        for c in shot_groups.get(name, []):
+            if 0 <= int(c) < classes:
+                lookup[int(c)] = name
+    return lookup
+
+
+def sample_rows(result: InspectResult) -> list[dict[str, Any]]:
+    """One dict per sample: the table's (and the CSV's) columns."""
+    names = result.classes
+    group = _group_of(len(names), result.shot_groups)
+    sem_w, sem_c = result.semantic_labels.topk(min(3, len(names)), dim=1)
+    change = (result.rectified_labels - result.area_labels).abs().max(dim=1).values
+    pred_p, pred_c = result.probs.max(dim=1)
+    rows = []
+    for i in range(result.num):
+        a, b = int(result.class_a[i]), int(result.class_b[i])
+        lam = float(result.lam[i])
+        row: dict[str, Any] = {
+            "sample": i,
+            "class_a": names[a],
+            "lam": lam,
+            "class_b": names[b],
+            "one_minus_lam": 1.0 - lam,
+            "group_a": group[a] or "",
+        }
+        for j in range(3):
+            if j < sem_c.shape[1]:
+                row[f"sem{j + 1}"] = names[int(sem_c[i, j])]
+                row[f"sem{j + 1}_weight"] = float(sem_w[i, j])
+            else:
+                row[f"sem{j + 1}"], row[f"sem{j + 1}_weight"] = "", 0.0
+        row.update({
+            "omega_rho": float(result.weight[i]),
+            "max_change": float(change[i]),
+            "rect_a": float(result.rectified_labels[i, a]),
+            "rect_b": float(result.rectified_labels[i, b]),
+            "prediction": names[int(pred_c[i])],
+            "prediction_prob": float(pred_p[i]),
+            "index_a": int(result.index_a[i]),
+            "index_b": int(result.index_b[i]),
+        })
+        rows.append(row)
+    return rows
+
+
+def _stats(mask: torch.Tensor, result: InspectResult, l1: torch.Tensor,
+           top1: torch.Tensor) -> dict[str, Any]:
+    n = int(mask.sum())
+    if n == 0:
+        return {"n": 0, "omega_rho_mean": None, "omega_rho_max": None, "l1_mean": None,
+                "semantic_top1_a": None, "semantic_top1_b": None, "semantic_top1_neither": None}
+    is_a = top1 == result.class_a
+    is_b = (top1 == result.class_b) & ~is_a
+    neither = ~(is_a | is_b)
+    w = result.weight[mask]
+    return {
+        "n": n,
+        "omega_rho_mean": float(w.mean()),
+        "omega_rho_max": float(w.max()),
+        "l1_mean": float(l1[mask].mean()),
+        "semantic_top1_a": float(is_a[mask].float().mean()),
+        "semantic_top1_b": float(is_b[mask].float().mean()),
+        "semantic_top1_neither": float(neither[mask].float().mean()),
+    }
+
+
+def summarize(result: InspectResult) -> dict[str, Any]:
+    """Mean/max omega*rho, mean L1 |rectified - area| and how often the semantic top-1 class is
+    a, b (when not a) or neither; overall and per shot group of class a (many/medium/few)."""
+    l1 = (result.rectified_labels - result.area_labels).abs().sum(dim=1)
+    top1 = result.semantic_labels.argmax(dim=1)
+    group = _group_of(len(result.classes), result.shot_groups)
+    of_a = [group[int(a)] for a in result.class_a]
+    summary: dict[str, Any] = {
+        "num": result.num, "seed": result.seed, "omega": result.omega, "top_k": result.top_k,
+        **{k: result.meta[k] for k in ("source", "epoch", "data") if k in result.meta},
+        "all": _stats(torch.ones(result.num, dtype=torch.bool), result, l1, top1),
+    }
+    for name in GROUPS:
+        mask = torch.tensor([g == name for g in of_a], dtype=torch.bool)
+        summary[name] = _stats(mask, result, l1, top1)
+    return summary
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def dump_bytes(result: InspectResult) -> bytes:
+    """The safetensors dump; metadata (strings): format, omega, top_k, epoch, source, ..."""
+    from safetensors.torch import save
+
+    meta = {
+        "format": DUMP_FORMAT,
+        "toolkit_version": __version__,
+        "omega": repr(float(result.omega)),
+        "top_k": str(int(result.top_k)),
+        "seed": str(int(result.seed)),
+        "epoch": json.dumps(result.meta.get("epoch")),
+        "source": str(result.meta.get("source", "")),
+        "data": str(result.meta.get("data", "")),
+        "classes": json.dumps(result.classes),
+        "shot_groups": json.dumps(result.shot_groups),
+        "lambda": "per sample: lam ~ Beta(cutmix_beta, cutmix_beta) and one box per sample",
+    }
+    for key in ("cutmix_beta", "train_omega", "train_top_k", "rectify_start_epoch"):
+        if key in result.meta:
+            meta[key] = json.dumps(result.meta[key])
+    return save(result.tensors(), metadata=meta)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def rows_csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    columns = list(rows[0].keys()) if rows else []
+    writer = _csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "~", font=font) > width:
+        text = text[:-1]
+    return text + "~"
+
+
+def grid_png_bytes(result: InspectResult, columns: int = GRID_COLUMNS) -> bytes:
+    """A PNG grid of the mixed images, each captioned with class a / lam, class b / 1 - lam and
+    the rectified weights of a and b. The PNG's text chunks record tiles, columns and the tile
+    size (`tiles`, `columns`, `tile_width`, `tile_height`, `padding`)."""
+    from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+    from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+    from torchvision.utils import make_grid
+
+    images = result.images
+    height, width = images.shape[-2:]
+    scale = max(1, math.ceil(TILE_MIN_SIDE / max(height, width)))
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    tile_w = images.shape[-1]
+    font = _font(11)
+    line_h, margin = 13, 2
+    caption_h = 3 * line_h + 2 * margin
+    names = result.classes
+    tiles = []
+    for i in range(result.num):
+        a, b = int(result.class_a[i]), int(result.class_b[i])
+        lam = float(result.lam[i])
+        rect_a, rect_b = float(result.rectified_labels[i, a]), float(result.rectified_labels[i, b])
+        lines = [  # (left text, right-aligned number)
+            (f"a: {names[a]}", f"{lam:.2f}"),
+            (f"b: {names[b]}", f"{1 - lam:.2f}"),
+            ("rect:", f"a {rect_a:.3f}  b {rect_b:.3f}"),
+        ]
+        caption = Image.new("RGB", (tile_w, caption_h), "white")
+        draw = ImageDraw.Draw(caption)
+        for j, (left, right) in enumerate(lines):
+            y = margin + j * line_h
+            right_w = draw.textlength(right, font=font)
+            draw.text((tile_w - margin - right_w, y), right, fill="black", font=font)
+            room = int(tile_w - 3 * margin - right_w - 4)
+            draw.text((margin, y), _fit(draw, left, font, room), fill="black", font=font)
+        caption_t = pil_to_tensor(caption).float().div_(255)
+        tiles.append(torch.cat([images[i].float(), caption_t], dim=1))
+    padding = 4
+    grid = make_grid(torch.stack(tiles), nrow=min(columns, result.num), padding=padding,
+                     pad_value=0.6)
+    info = PngInfo()
+    for key, value in (("tiles", result.num), ("columns", min(columns, result.num)),
+                       ("tile_width", tile_w), ("tile_height", images.shape[-2] + caption_h),
+                       ("padding", padding), ("software", f"concutmix {__version__}")):
+        info.add_text(key, str(value))
+    buffer = io.BytesIO()
+    to_pil_image(grid).save(buffer, format="PNG", pnginfo=info, optimize=True)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _print_report(result: InspectResult, rows: list[dict[str, Any]], summary: dict[str, Any],
+                  console, notes: list[str]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    meta = result.meta
+    title = (f"{meta.get('source', 'model')} (epoch {meta.get('epoch')}): {result.num} mixed "
+             f"samples, seed {result.seed}, omega {result.omega:.4g}, top_k {result.top_k}")
+    table = Table(title=escape(title), title_justify="left")
+    for name, justify in (("#", "right"), ("class a", "left"), ("lam", "right"),
+                          ("class b", "left"), ("semantic top-3", "left"),
+                          ("omega*rho", "right"), ("max |rect-area|", "right"),
+                          ("prediction", "left")):
+        table.add_column(name, justify=justify)
+    for row in rows:
+        sem = ", ".join(f"{row[f'sem{j}']} {row[f'sem{j}_weight']:.2f}" for j in (1, 2, 3)
+                        if row[f"sem{j}"])
+        table.add_row(
+            str(row["sample"]), escape(row["class_a"]), f"{row['lam']:.2f}", escape(row["class_b"]),
+            escape(sem), _fmt(row["omega_rho"]), _fmt(row["max_change"]),
+            escape(f"{row['prediction']} {row['prediction_prob']:.2f}"),
+        )
+    console.print(table)
+
+    stats = Table(title="summary (groups: shot group of class a; head = many, tail = few)",
+                  title_justify="left")
+    for name in ("group", "n", "mean omega*rho", "max omega*rho", "mean L1 |rect-area|",
+                 "sem top-1 = a", "= b", "neither"):
+        stats.add_column(name, justify="left" if name == "group" else "right")
+    labels = {"all": "all", "many": "head (many)", "medium": "medium", "few": "tail (few)"}
+    for key in ("all", *GROUPS):
+        s = summary[key]
+        if s["n"] == 0:
+            stats.add_row(labels[key], "0", *["-"] * 6)
+            continue
+        stats.add_row(
+            labels[key], str(s["n"]), _fmt(s["omega_rho_mean"]), _fmt(s["omega_rho_max"]),
+            _fmt(s["l1_mean"]), f"{100 * s['semantic_top1_a']:.0f}%",
+            f"{100 * s['semantic_top1_b']:.0f}%", f"{100 * s['semantic_top1_neither']:.0f}%",
+        )
+    console.print(stats)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def run_inspect(
+    run: Path,
+    data: Path | None = None,
+    num: int = 16,
+    seed: int = 0,
+    omega: float | None = None,
+    top_k: int | None = None,
+    out: Path | None = None,
+    image: Path | None = None,
+    csv: Path | None = None,
+    as_json: bool = False,
+    device: str = "auto",
+    console=None,
+) -> InspectResult:
+    """The `inspect-labels` command: load, inspect, print, write. Errors are `UserError`s."""
+    from rich.console import Console
+
+    from concutmix_cli.data.prepared import load_prepared
+    from concutmix_cli.engine.checkpoint import atomic_write_bytes, atomic_write_text
+    from concutmix_cli.engine.evaluate import check_data_matches, load_trained_model, resolve_weights
+    from concutmix_cli.engine.runtime import resolve_device
+
+    console = console or Console()
+    if num < 1:
+        raise UserError(f"--num must be at least 1 (got {num})")
+    for option, path in (("--out", out), ("--image", image), ("--csv", csv)):
+        if path is not None and Path(path).is_dir():
+            raise UserError(f"{option} {path} is a folder; give a file name")
+    torch_device = resolve_device(device)
+    weights = resolve_weights(Path(run))
+    model, cfg, meta = load_trained_model(weights, torch_device)
+    prepared = load_prepared(Path(data) if data is not None else Path(cfg.data.path))
+    check_data_matches(meta, prepared)
+    trained_classes = meta.get("classes")
+    if isinstance(trained_classes, list) and list(trained_classes) != prepared.classes:
+        raise UserError(
+            f"the classes of {weights} differ from those of {prepared.folder} (same count, "
+            "other names or order); pass the --data the model was trained on"
+        )
+    omega_v = cfg.method.omega if omega is None else float(omega)
+    top_k_v = cfg.method.top_k if top_k is None else int(top_k)
+    validate_settings(num, omega_v, top_k_v, prepared.num_classes)
+
+    result = inspect_labels(
+        model, prepared, num, seed, omega_v, top_k_v, torch_device, views_kind=cfg.data.views,
+        cutmix_beta=cfg.method.cutmix_beta, batch_size=cfg.data.eval_batch_size,
+    )
+    epoch = meta.get("epoch")
+    result.meta.update({
+        "source": str(weights), "epoch": epoch, "data": str(prepared.folder),
+        "cutmix_beta": cfg.method.cutmix_beta, "train_omega": cfg.method.omega,
+        "train_top_k": cfg.method.top_k, "rectify_start_epoch": cfg.method.rectify_start_epoch,
+    })
+    notes = []
+    if isinstance(epoch, int) and cfg.method.name == "concutmix" and epoch <= cfg.method.rectify_start_epoch:
+        notes.append(f"these weights are from epoch {epoch}; training rectifies labels only from "
+                     f"epoch {cfg.method.rectify_start_epoch} on (method.rectify_start_epoch)")
+    if cfg.method.name != "concutmix":
+        notes.append(f"this run trained with method {cfg.method.name!r}, without rectification")
+    if meta.get("data_checksum") and meta["data_checksum"] != prepared.manifest.get("checksum"):
+        notes.append(f"{prepared.folder} is not the prepared folder the weights were trained on "
+                     "(checksums differ); class counts are taken from it")
+
+    rows = sample_rows(result)
+    summary = summarize(result)
+    if out is not None:
+        atomic_write_bytes(Path(out), dump_bytes(result))
+    if image is not None:
+        atomic_write_bytes(Path(image), grid_png_bytes(result))
+    if csv is not None:
+        atomic_write_text(Path(csv), rows_csv_text(rows))
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print_report(result, rows, summary, console, notes)
+    return result

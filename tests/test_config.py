@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from concutmix_cli.config import (
+    Config, apply_override, build_config, config_from_dict, list_presets, presets_dir,
+    resolve_preset,
+)
+from concutmix_cli.errors import UserError
+
+EXPECTED_PRESETS = {
+    "smoke", "cifar100-lt-if100", "cifar100-lt-if50", "cifar100-lt-if10", "cifar10-lt-if100",
+    "cifar10-lt-if50", "cifar10-lt-if10", "cifar100-lt-if100-400ep", "cifar100-lt-short",
+    "imagenet-lt-resnext50", "inat2018-resnet50", "places-lt-resnet50",
+}
+
+
+def test_every_shipped_preset_validates():
+    assert EXPECTED_PRESETS <= set(list_presets())
+    for name in list_presets():
+        cfg = build_config(preset=name)
+        assert cfg.preset == name
+
+
+@pytest.mark.parametrize(
+    "name, tau, omega, top_k",
+    [
+        ("cifar100-lt-if100", 0.9, 20 / 255, 30),
+        ("cifar100-lt-if50", 0.75, 20 / 255, 30),
+        ("cifar100-lt-if10", 1.0, 20 / 255, 30),
+        ("cifar10-lt-if100", 0.85, 2 / 255, 3),
+        ("cifar10-lt-if50", 0.81, 2 / 255, 3),
+        ("cifar10-lt-if10", 1.0, 2 / 255, 3),
+    ],
+)
+def test_cifar_presets_follow_the_published_recipe(name, tau, omega, top_k):
+    cfg = build_config(preset=name)
+    assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.lr) == (200, 256, 0.15)
+    assert (cfg.optim.weight_decay, cfg.optim.warmup_epochs, cfg.optim.milestones) == (5e-4, 5, [160, 180])
+    assert (cfg.method.alpha, cfg.method.beta, cfg.method.temperature) == (2.0, 0.6, 0.1)
+    assert cfg.method.tau == tau and cfg.method.top_k == top_k
+    assert cfg.method.omega == pytest.approx(omega, rel=1e-12)
+    assert cfg.method.rectify_start_epoch == 100 and cfg.model.arch == "resnet32"
+
+
+def test_large_scale_presets():
+    inet = build_config(preset="imagenet-lt-resnext50")
+    assert inet.model.arch == "resnext50_32x4d" and inet.optim.schedule == "cosine"
+    assert (inet.method.alpha, inet.method.beta, inet.method.temperature, inet.method.tau) == (1.0, 0.35, 0.07, 0.99)
+    assert inet.method.omega == pytest.approx(200 / 255)
+    inat = build_config(preset="inat2018-resnet50")
+    assert (inat.optim.epochs, inat.optim.lr, inat.optim.weight_decay) == (100, 0.2, 1e-4)
+    assert inat.method.omega == pytest.approx(1628 / 255) and inat.method.rectify_start_epoch == 80
+
+
+def test_overrides_and_shortcuts_layer_in_order():
+    cfg = build_config(
+        preset="cifar100-lt-if100",
+        shortcuts={"optim.epochs": 3, "method.name": "ce", "optim.lr": None},
+        overrides=["optim.epochs=7", "method.omega=0.5", 'data.path="elsewhere"', "optim.milestones=[1, 2]"],
+    )
+    assert cfg.optim.epochs == 7  # --set wins over a shortcut option
+    assert cfg.method.name == "ce" and cfg.optim.lr == 0.15  # None shortcuts leave the preset value
+    assert cfg.method.omega == 0.5 and cfg.data.path == "elsewhere" and cfg.optim.milestones == [1, 2]
+
+
+def test_bare_string_override_is_accepted():
+    raw = {}
+    apply_override(raw, "data.path=data/x")
+    assert raw == {"data": {"path": "data/x"}}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.epochz=3", "unknown key 'optim.epochz'"),
+        ("nonsense.key=1", "unknown key 'nonsense'"),
+        ("optim.epochs=three", "bad value for 'optim.epochs'"),
+        ("method.omega=-1", "bad value for 'method.omega'"),
+        ("method.name=mixup", "bad value for 'method.name'"),
+        ("optim.batch_size=1", "batch_size must be at least 2"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        build_config(preset="smoke", overrides=[override])
+
+
+def test_malformed_override():
+    with pytest.raises(UserError, match="section.key=value"):
+        build_config(preset="smoke", overrides=["justtext"])
+
+
+def test_unknown_preset_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(UserError, match="unknown preset 'nope'.*smoke"):
+        resolve_preset("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlearning_rate = 0.1\n")
+    with pytest.raises(UserError, match="unknown key 'optim.learning_rate'"):
+        build_config(preset=str(bad))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[optim\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        build_config(preset=str(broken))
+
+
+def test_preset_by_path_and_resolved_config_round_trip(tmp_path):
+    custom = tmp_path / "mine.toml"
+    custom.write_text('[optim]\nepochs = 3\n[method]\nname = "bcl"\n')
+    cfg = build_config(preset=str(custom))
+    assert cfg.preset == "mine" and cfg.optim.epochs == 3 and cfg.method.name == "bcl"
+    again = config_from_dict(json.loads(cfg.to_json()))
+    assert again == cfg
+
+
+def test_presets_resolve_from_the_package_folder():
+    assert (presets_dir() / "smoke.toml").is_file()
+    assert Config().method.name == "concutmix"
