@@ -223,3 +223,18 @@ def main() -> None:
             raise
         err_console.print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err_console.print("[bold red]interrupted[/]", highlight=False)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - a bug, not bad input: still one line, exit 1
+        if debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        err_console.print(
+            f"[bold red]error:[/] internal error: {escape(type(err).__name__)}: {escape(first)} "
+            "(run again with --debug for the traceback, and please report it)",
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)

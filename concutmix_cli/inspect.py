@@ -573,9 +573,10 @@ def run_inspect(
         "train_top_k": cfg.method.top_k, "rectify_start_epoch": cfg.method.rectify_start_epoch,
     })
     notes = []
-    if isinstance(epoch, int) and cfg.method.name == "concutmix" and epoch <= cfg.method.rectify_start_epoch:
-        notes.append(f"these weights are from epoch {epoch}; training rectifies labels only from "
-                     f"epoch {cfg.method.rectify_start_epoch} on (method.rectify_start_epoch)")
+    start = cfg.method.rectify_start_epoch
+    if isinstance(epoch, int) and cfg.method.name == "concutmix" and epoch <= start:
+        notes.append(f"these weights were saved after {epoch} epoch(s), before training used "
+                     f"rectified labels (from 0-based epoch {start} on: method.rectify_start_epoch)")
     if cfg.method.name != "concutmix":
         notes.append(f"this run trained with method {cfg.method.name!r}, without rectification")
     if meta.get("data_checksum") and meta["data_checksum"] != prepared.manifest.get("checksum"):

@@ -226,7 +226,8 @@ def _torchrun(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.Comp
 
 def test_torchrun_smoke_train_eval_and_resume(tiny_data, tmp_path):
     common = ["--preset", "smoke", "--data", str(tiny_data), "--device", "cpu",
-              "--batch-size", str(GLOBAL_BATCH), "--set", "runtime.max_steps_per_epoch=2"]
+              "--batch-size", str(GLOBAL_BATCH), "--set", "runtime.max_steps_per_epoch=2",
+              "--set", "data.eval_batch_size=128"]  # 4 test batches: 2 per rank
     first = _torchrun(common, tmp_path)  # no --out: every rank must use rank 0's timestamped name
     folders = list((tmp_path / "runs").iterdir())
     assert len(folders) == 1, folders
@@ -237,11 +238,12 @@ def test_torchrun_smoke_train_eval_and_resume(tiny_data, tmp_path):
     assert (run / "last.safetensors").is_file() and (run / "config.json").is_file()
     assert json.loads((run / "config.json").read_text())["optim"]["batch_size"] == GLOBAL_BATCH
 
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "concutmix_cli", "eval", str(run), "--json", "--device", "cpu"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
-    )
-    assert evaluated.returncode == 0, evaluated.stderr
+    from typer.testing import CliRunner
+
+    from concutmix_cli.cli import app
+
+    evaluated = CliRunner().invoke(app, ["eval", str(run), "--json", "--device", "cpu"])
+    assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.stdout)
     assert report["epoch"] == 2 and report["num_samples"] == 500
     # eval runs without channels_last: allow one flipped prediction of the 500

@@ -181,3 +181,46 @@ def test_ce_losses_finite_on_extreme_inputs(n, counts, scale, tau, seed):
         assert math.isfinite(loss.item()) and loss.item() >= -1e-4
     sum(losses).backward()
     assert bool(torch.isfinite(logits.grad).all())
+
+
+@PROPS
+@given(
+    n=st.integers(1, 6),
+    c=st.integers(2, 8),
+    lam_kind=st.sampled_from(["random", "zero", "one"]),
+    scale=st.sampled_from([1e-3, 1.0, 30.0, 1e3]),
+    tau=st.floats(0.0, 2.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_mixed_ce_is_the_soft_ce_of_the_area_label(n, c, lam_kind, scale, tau, seed):
+    """The pre-rectification loss of a mixed batch and the soft-target CE against its area label
+    agree for any lambda (0 and 1 included) and any pair of classes (a == b included)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=g, dtype=torch.float64) * scale
+    a = torch.randint(0, c, (n,), generator=g)
+    b = torch.randint(0, c, (n,), generator=g)
+    lam = {"random": torch.rand(n, generator=g, dtype=torch.float64),
+           "zero": torch.zeros(n, dtype=torch.float64), "one": torch.ones(n, dtype=torch.float64)}[lam_kind]
+    lp = log_prior_from_counts(torch.randint(1, 1000, (c,), generator=g))
+    mixed = mixed_ce(logits, a, b, lam, lp, tau)
+    soft = logit_adjusted_ce(logits, area_labels(a, b, lam, c).to(torch.float64), lp, tau)
+    assert math.isclose(mixed.item(), soft.item(), rel_tol=1e-6, abs_tol=1e-9)
+
+
+@PROPS
+@given(
+    counts=counts_strategy,
+    n=st.integers(1, 6),
+    d=st.integers(1, 8),
+    mag=magnitudes,
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_omega_zero_keeps_the_area_label(counts, n, d, mag, seed):
+    """omega = 0 switches rectification off exactly: the target is the area label, bit for bit."""
+    c = len(counts)
+    g = torch.Generator().manual_seed(seed)
+    y = area_labels(torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (n,), generator=g),
+                    torch.rand(n, generator=g), c)
+    r = rectify_labels(y, torch.randn(n, d, generator=g) * mag, torch.randn(c, d, generator=g) * mag,
+                       torch.tensor(counts), omega=0.0, top_k=c)
+    assert torch.equal(r.rectified, y.float())

@@ -143,7 +143,13 @@ def load_trained_model(weights_path: Path, device: torch.device):
         raise UserError(f"{weights_path}: weights metadata lacks the config; not a run's weights")
     cfg = config_from_dict(meta["config"], origin=f"{weights_path} metadata")
     model = build_model(cfg.model, int(meta["num_classes"]))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as err:  # shape mismatches: metadata and tensors disagree
+        first = str(err).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"{weights_path}: weights do not fit the {cfg.model.arch} its metadata describes ({first})"
+        ) from None
     if missing or unexpected:
         raise UserError(
             f"{weights_path}: weights do not match a {cfg.model.arch} with {meta['num_classes']} "

@@ -258,7 +258,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _batches(self, epoch: int, start_step: int):
+    def batches(self, epoch: int, start_step: int):
+        """(step, batch on the device) for this process, from `start_step` to the end of the epoch."""
         if self.device_batches is not None:
             for step in range(start_step, self.planner.steps_per_epoch()):
                 yield step, self.device_batches.batch(epoch, step)
@@ -281,9 +282,10 @@ class Trainer:
             group["lr"] = lr
         steps = self.planner.steps_per_epoch()
         start_step = self.start_step if epoch == self.start_epoch else 0
-        restored = self.partial if start_step else {}
         # A mid-epoch resume continues the saved float32 running sums (a float32 survives the
-        # round trip through float64 exactly), so the epoch's metrics are bit-identical.
+        # round trip through float64 exactly), so the epoch's metrics are bit-identical. The
+        # saved sums are the total over all processes: rank 0 alone continues them.
+        restored = self.partial if start_step and self.ctx.is_main else {}
         sums = {k: torch.tensor(float(restored.get(k, 0.0)), device=self.device) for k in
                 ("loss", "cls", "bcl", "correct", "rect_weight")}
         counts = {k: int(restored.get(k, 0)) for k in
@@ -293,7 +295,7 @@ class Trainer:
         started = time.perf_counter()
         accumulate = cfg.optim.accumulate
         self.optimizer.zero_grad(set_to_none=True)
-        for step, batch in self._batches(epoch, start_step):
+        for step, batch in self.batches(epoch, start_step):
             plan = self.planner.plan(epoch, step)
             result = self.step_fn(model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
             # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
@@ -330,7 +332,11 @@ class Trainer:
             # the last one are not saved, so stopping between would not resume exactly
             boundary = (step + 1) % accumulate == 0 or step + 1 == steps
             if boundary and dist_utils.any_rank(self._stop_code is not None, self.ctx):
-                self.partial = _merge_partial(restored, sums, counts, time.perf_counter() - started)
+                partial = _merge_partial(restored, sums, counts, time.perf_counter() - started)
+                reduced = torch.tensor([partial[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
+                                       device=self.device)
+                self.partial = dict(zip(_PARTIAL_KEYS, dist_utils.all_reduce_sum(
+                    reduced, self.ctx).tolist()))
                 self.save_checkpoint(epoch, step + 1)
                 raise StopRequested(self._stop_code or EXIT_SIGNALS[signal.SIGTERM])
         if progress is not None:
@@ -477,16 +483,16 @@ def run_training(request: TrainRequest, console: Console | None = None) -> Path:
             if ctx.is_main and not resuming:  # bad data or config: leave no empty run behind
                 run.discard_new()
             raise
+        if resuming:  # checks model and data against the checkpoint before anything is written
+            trainer.restore()
         if ctx.is_main:
             atomic_write_bytes(run.path / "manifest.json",
                                (trainer.data.folder / "manifest.json").read_bytes())
             if resuming:
                 atomic_write_text(run.config_path, cfg.to_json())
-        if resuming:
-            trainer.restore()
-        else:
+        if not resuming:
             console.print(f"training {cfg.method.name} ({cfg.preset}) on {trainer.data.folder} "
-                          f"-> {run.path}  [{trainer.device.type}, {trainer.precision.name}]")
+                          f"-> {run.path}  ({trainer.device.type}, {trainer.precision.name})")
         try:
             trainer.fit()
         except StopRequested as stop:

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One prepared GPU check (about 4-5 minutes on one H100/H200), run from the repository root.
+# Most important first, so that a cut-short run still returns the essentials:
+#   1. throughput of the device augmentation path (ratio against the model-only ceiling),
+#   2. timed real epochs: the short CIFAR-100-LT schedule (cifar100-lt-short) for concutmix and ce
+#      on the device path; last-epoch test accuracy of each,
+#   3. throughput and the same short concutmix run on the loader path (accuracy parity),
+#   4. correctness of the device paths on the GPU (the CUDA-relevant test files).
+# Prints a short table last (benchmarks/summarize_gpu_check.py). Results go to $OUT_DIR; when
+# SNAPSHOT_TO is set, a tarball of the results (no resume states) is refreshed there after each stage.
+#
+# Needs the prepared CIFAR-100-LT IF 100 folder ($DATA, default data/cifar100-lt-if100) or the
+# archive .devdata/cifar100-lt-if100.tar.xz of it; on images without pydantic, wheels in .whl/.
+set -uo pipefail
+OUT_DIR=${OUT_DIR:-gpu_check_out}
+EPOCHS=${EPOCHS:-15}
+DATA=${DATA:-data/cifar100-lt-if100}
+STEPS=${STEPS:-20}
+EXTRA=${EXTRA:-}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+
+if [ -d .whl ] && ! python3 -c "import pydantic" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ ! -f "$DATA/manifest.json" ] && [ -f .devdata/cifar100-lt-if100.tar.xz ]; then
+  mkdir -p data && tar -xJf .devdata/cifar100-lt-if100.tar.xz -C data
+fi
+CLI="python3 -m concutmix_cli"
+
+snapshot() {
+  [ -n "${SNAPSHOT_TO:-}" ] || return 0
+  python3 benchmarks/summarize_gpu_check.py "$OUT_DIR" > "$OUT_DIR/summary.md" 2>/dev/null
+  tar -czf "$SNAPSHOT_TO/gpu_check.tgz.tmp" -C "$OUT_DIR" --exclude='checkpoints' . \
+    && mv "$SNAPSHOT_TO/gpu_check.tgz.tmp" "$SNAPSHOT_TO/gpu_check.tgz"
+}
+
+throughput() {  # name, method, augment_on
+  timeout 90 python3 benchmarks/throughput.py --data "$DATA" --method "$2" --augment-on "$3" \
+    --steps "$STEPS" --json 2>"$OUT_DIR/throughput-$1.err" | tail -1 > "$OUT_DIR/throughput-$1.json"
+  tail -12 "$OUT_DIR/throughput-$1.err"
+  snapshot
+}
+
+run() {  # name, extra train args...
+  local name=$1; shift
+  rm -rf "${OUT_DIR:?}/$name"
+  timeout 150 $CLI train --preset cifar100-lt-short --data "$DATA" --out "$OUT_DIR/$name" \
+    --epochs "$EPOCHS" "$@" $EXTRA > "$OUT_DIR/$name.log" 2>&1
+  echo "$name: exit $?"; tail -2 "$OUT_DIR/$name.log"
+  snapshot
+}
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
+  date -u
+} 2>&1 | tee "$OUT_DIR/device.txt"
+
+echo "== 1. throughput, device path"
+throughput device concutmix device
+echo "== 2. short real runs ($EPOCHS epochs), device path"
+run concutmix-device --set 'data.augment_on="device"'
+run ce-device --method ce --set 'data.augment_on="device"'
+echo "== 3. loader path"
+throughput loader concutmix loader
+run concutmix-loader
+throughput ce-device ce device
+echo "== 4. correctness on the GPU"
+timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_device_augment.py tests/test_models.py \
+  tests/test_losses.py tests/test_rectify.py 2>&1 | tail -4 | tee "$OUT_DIR/tests.txt"
+snapshot
+
+echo "== summary"
+python3 benchmarks/summarize_gpu_check.py "$OUT_DIR" | tee "$OUT_DIR/summary.md"

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Training throughput against the model-only ceiling, in one process.
+
+(a) ceiling: forward + backward + optimizer step of the model on ready-made tensors of the shapes
+    one training step feeds it (3B images for bcl/concutmix, B for ce/cutmix);
+(b) the real thing: the training loop on real data (loading, augmentation, CutMix, losses,
+    rectification and all) for a fixed number of steps after warm-up.
+Both use the same model, batch size, thread count and device. Prints samples/s of both, the ratio
+(b)/(a), a simple profile of where a real step's time goes (synchronized, measured separately),
+peak memory and the device. `--json`: the last line is one JSON object.
+
+    python benchmarks/throughput.py --source ../shared/data/cifar100.npz --method concutmix
+    python benchmarks/throughput.py --synthetic --steps 3 --json        # what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from concutmix_cli.config import build_config  # noqa: E402
+from concutmix_cli.data.prepare import prepare  # noqa: E402
+from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
+from concutmix_cli.engine.step import uses_contrast  # noqa: E402
+from concutmix_cli.engine.train import Trainer  # noqa: E402
+
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "cifar100.npz"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CIFAR-100 .npz archive")
+    p.add_argument("--data", type=Path, help="an already prepared folder (skips preparing)")
+    p.add_argument("--synthetic", action="store_true", help="use built-in synthetic data (CI)")
+    p.add_argument("--method", default="concutmix", choices=["ce", "cutmix", "bcl", "concutmix"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--profile-steps", type=int, default=None, help="synchronized profiled steps")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--augment-on", default="loader", choices=["loader", "device"])
+    p.add_argument("--num-workers", type=int, default=-1)
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepared_folder(args, workdir: Path) -> Path:
+    if args.data is not None:
+        return args.data
+    if args.synthetic or not args.source.is_file():
+        return prepare("synthetic-lt", out=workdir / "data", n_max=200, imbalance=10).out
+    return prepare("cifar100-lt", out=workdir / "data", imbalance=100, source=args.source).out
+
+
+def build_trainer(args, data: Path, workdir: Path) -> Trainer:
+    total = args.warmup + args.steps + (args.profile_steps or max(args.steps // 2, 2))
+    from concutmix_cli.data.longtail import read_manifest
+
+    num_classes = int(read_manifest(data)["num_classes"])
+    overrides = [
+        f"method.top_k={min(30, num_classes)}", f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
+        f"data.num_workers={args.num_workers}", "optim.warmup_epochs=0", "optim.epochs=1000",
+        "method.rectify_start_epoch=0", "method.cutmix_prob=0.5", *args.overrides,
+    ]
+    cfg = build_config(preset="cifar100-lt-if100", overrides=overrides,
+                       shortcuts={"optim.batch_size": args.batch_size, "method.name": args.method,
+                                  "runtime.device": args.device})
+    trainer = Trainer(cfg, RunFolder(workdir / "run"))
+    trainer.total_steps_wanted = total
+    return trainer
+
+
+def real_steps(trainer: Trainer):
+    """Endless (epoch, step, batch) of the real pipeline, epoch after epoch."""
+    epoch = 0
+    while True:
+        for step, batch in trainer.batches(epoch, 0):
+            yield epoch, step, batch
+        epoch += 1
+
+
+def train_one(trainer: Trainer, epoch: int, step: int, batch) -> None:
+    plan = trainer.planner.plan(epoch, step)
+    result = trainer.step_fn(trainer.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+    trainer.scaler.scale(result.loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def measure_real(trainer: Trainer, warmup: int, steps: int) -> tuple[float, int]:
+    stream = real_steps(trainer)
+    for _ in range(warmup):
+        train_one(trainer, *next(stream))
+    _sync(trainer.device)
+    samples = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        epoch, step, batch = next(stream)
+        train_one(trainer, epoch, step, batch)
+        samples += batch["labels"].shape[0]
+    _sync(trainer.device)
+    return samples / (time.perf_counter() - start), samples
+
+
+def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
+    """Seconds per step in each phase, with a device sync at each boundary (slower than the
+    timed run; only the proportions matter)."""
+    device = trainer.device
+    phases = {"data": 0.0, "forward_and_loss": 0.0, "backward": 0.0, "optimizer": 0.0}
+    stream = real_steps(trainer)
+    train_one(trainer, *next(stream))
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        epoch, step, batch = next(stream)
+        _sync(device)
+        t1 = time.perf_counter()
+        plan = trainer.planner.plan(epoch, step)
+        result = trainer.step_fn(trainer.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+        _sync(device)
+        t2 = time.perf_counter()
+        trainer.scaler.scale(result.loss).backward()
+        _sync(device)
+        t3 = time.perf_counter()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        t4 = time.perf_counter()
+        for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            phases[key] += dt
+    return {k: v / steps for k, v in phases.items()}
+
+
+def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> float:
+    """The model alone on ready-made tensors of a real step's shapes."""
+    device, b = trainer.device, trainer.cfg.optim.batch_size // trainer.ctx.world_size
+    contrast = uses_contrast(trainer.cfg.method.name)
+    size = trainer.data.manifest.get("image_size") or 224
+    x = torch.randn((3 * b if contrast else b), 3, size, size, device=device)
+    if trainer.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, trainer.data.num_classes, (b,), device=device)
+    model, dtype = trainer.train_model, trainer.precision.autocast_dtype
+
+    def one() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(x, project=contrast)
+            loss = torch.nn.functional.cross_entropy(out.logits[:b].float(), y)
+            if contrast:
+                proto = trainer.model.prototypes()
+                loss = loss + out.projection.float().square().mean() + proto.float().square().mean()
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        trainer.optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        one()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    _sync(device)
+    return steps * b / (time.perf_counter() - start)
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    out = {"host_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if device.type == "cuda":
+        out["device_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="concutmix-bench-") as tmp:
+        workdir = Path(tmp)
+        data = _prepared_folder(args, workdir)
+        trainer = build_trainer(args, data, workdir)
+        trainer.train_model.train()
+        real, samples = measure_real(trainer, args.warmup, args.steps)
+        profile = profile_real(trainer, args.profile_steps or max(args.steps // 2, 2))
+        ceiling = measure_ceiling(trainer, args.warmup, args.steps)
+        result = {
+            "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
+            "device": device_name(trainer.device), "precision": trainer.precision.name,
+            "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
+            "steps": args.steps, "samples": samples,
+            "samples_per_s": real, "ceiling_samples_per_s": ceiling, "ratio": real / ceiling,
+            "profile_s_per_step": profile, **peak_memory(trainer.device),
+            "torch": torch.__version__,
+        }
+    if not args.json or sys.stdout.isatty():
+        _print_table(result)
+    if args.json:
+        print(json.dumps(result))
+    return result
+
+
+def _print_table(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"throughput: {r['method']} on {r['data']}, batch {r['batch_size']}, {r['device']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("(b) real training loop", f"{r['samples_per_s']:.1f} samples/s")
+    table.add_row("(a) model-only ceiling", f"{r['ceiling_samples_per_s']:.1f} samples/s")
+    table.add_row("ratio (b)/(a)", f"{r['ratio']:.3f}")
+    for phase, seconds in r["profile_s_per_step"].items():
+        table.add_row(f"profile: {phase}", f"{1000 * seconds:.1f} ms/step")
+    for key in ("host_peak_rss_gb", "device_peak_gb"):
+        if key in r:
+            table.add_row(key.replace("_", " "), f"{r[key]:.2f}")
+    table.add_row("precision / channels_last", f"{r['precision']} / {r['channels_last']}")
+    Console(stderr=True).print(table)
+
+
+if __name__ == "__main__":
+    main()

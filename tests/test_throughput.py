@@ -1,0 +1,25 @@
+"""The throughput benchmark runs end to end (numbers are recorded in docs/benchmarks.md, not here)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_throughput_benchmark_json_on_synthetic_data():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--synthetic", "--steps", "3",
+         "--warmup", "1", "--profile-steps", "1", "--batch-size", "16", "--num-workers", "0",
+         "--device", "cpu", "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"samples_per_s", "ceiling_samples_per_s", "ratio", "device"} <= set(result)
+    assert result["samples"] == 3 * 16 and result["device"].startswith("cpu")
+    assert result["ratio"] == result["samples_per_s"] / result["ceiling_samples_per_s"]
+    assert set(result["profile_s_per_step"]) == {"data", "forward_and_loss", "backward", "optimizer"}
