@@ -155,7 +155,7 @@ def evaluate(
 
     report = evaluate_run(run, data=data, split=split, device=device)
     if out is not None:
-        from concutmix_cli.engine.checkpoint import atomic_write_text
+        from concutmix_cli.fileio import atomic_write_text
 
         atomic_write_text(Path(out), json.dumps(report, indent=2))
     if as_json:

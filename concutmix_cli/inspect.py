@@ -537,7 +537,7 @@ def run_inspect(
     from rich.console import Console
 
     from concutmix_cli.data.prepared import load_prepared
-    from concutmix_cli.engine.checkpoint import atomic_write_bytes, atomic_write_text
+    from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
     from concutmix_cli.engine.evaluate import check_data_matches, load_trained_model, resolve_weights
     from concutmix_cli.engine.runtime import resolve_device
 

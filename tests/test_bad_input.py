@@ -53,7 +53,8 @@ def data3(tmp_path_factory) -> Path:
 def run4(data4, tmp_path_factory) -> Path:
     """A run folder as `train` leaves it after one epoch (weights untrained: not needed here)."""
     from concutmix_cli.config import build_config
-    from concutmix_cli.engine.checkpoint import RunFolder, atomic_write_text
+    from concutmix_cli.engine.checkpoint import RunFolder
+    from concutmix_cli.fileio import atomic_write_text
     from concutmix_cli.engine.train import Trainer
 
     cfg = build_config(preset="smoke", overrides=[f"data.path='{data4}'", "optim.batch_size=16",

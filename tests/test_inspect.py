@@ -77,6 +77,7 @@ def run_cli(args, capsys, monkeypatch):
     """`concutmix ARGS` in this process: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["concutmix", *map(str, args)])
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(cli.console, "width", 200)  # the console may have fixed its width already
     code = 0
     try:
         cli.main()

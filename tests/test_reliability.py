@@ -28,9 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from concutmix_cli.engine.checkpoint import (
-    RunFolder, atomic_write_bytes, read_state, read_weights, state_bytes, weights_bytes,
-)
+from concutmix_cli.engine.checkpoint import RunFolder, read_state, read_weights, state_bytes, weights_bytes
+from concutmix_cli.fileio import atomic_write_bytes
 from concutmix_cli.errors import UserError
 from tests.conftest import tiny_synthetic
 
@@ -404,10 +403,15 @@ def test_a_kill_during_any_write_of_a_checkpoint_leaves_an_intact_one(tmp_path, 
             raise Killed
         real(path, data)
 
+    from concutmix_cli import fileio
+
+    # every write goes through fileio.atomic_write_bytes (atomic_write_text included)
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", dying)
+    monkeypatch.setattr(fileio, "atomic_write_bytes", dying)
     with pytest.raises(Killed):
         run.save_checkpoint(2, 0, *_entry_bytes(2), keep=1)
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", real)
+    monkeypatch.setattr(fileio, "atomic_write_bytes", real)
 
     fresh = RunFolder(run.path)
     entry, notes = fresh.newest_intact()

@@ -13,7 +13,6 @@ when the prepared folder moves to another machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import torch.utils.data
 from PIL import Image
 
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -37,15 +37,6 @@ _SHOW_CLASSES = 5
 
 # --------------------------------------------------------------------------------------------
 # Reading split lists
-
-
-def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (constant memory for any file size)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], list[int]]:

@@ -7,7 +7,6 @@ then for each class in natural order its indices are shuffled and the first n_c 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ import numpy as np
 
 from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import sha256_bytes
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "concutmix-prepared/1"
@@ -74,18 +74,6 @@ def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
 
 def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def finalize_manifest(fields: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from concutmix_cli.data import longtail, sources
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import sha256_file
 
 ARRAY_DATASETS = ("cifar10-lt", "cifar100-lt", "synthetic-lt")
 LIST_DATASETS = ("imagenet-lt", "places-lt", "inat2018")
@@ -65,7 +66,7 @@ def _save_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray)
         },
         str(path),
     )
-    return longtail.sha256_file(path)
+    return sha256_file(path)
 
 
 def _stage_arrays(

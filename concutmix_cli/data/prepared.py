@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from concutmix_cli.data import longtail
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import sha256_file
 
 
 @dataclass
@@ -74,7 +75,7 @@ def _load_array_split(folder: Path, filename: str, expected_sha: str | None, ver
     path = folder / filename
     if not path.is_file():
         raise UserError(f"{path}: missing; prepare the data again")
-    if verify and expected_sha and longtail.sha256_file(path) != expected_sha:
+    if verify and expected_sha and sha256_file(path) != expected_sha:
         raise UserError(f"{path}: checksum mismatch (damaged or replaced); prepare the data again")
     try:
         tensors = load_file(str(path))

@@ -52,7 +52,7 @@ def _check_arrays(src: ArraySource, origin: str, num_classes: int) -> ArraySourc
 
 def load_npz(path: Path, dataset: str) -> ArraySource:
     """An offline archive with the keys of ../shared/data/README.md (train_x, train_y, ...)."""
-    from concutmix_cli.data.longtail import sha256_file
+    from concutmix_cli.fileio import sha256_file
 
     num_classes = CIFAR_CLASSES[dataset]
     path = Path(path)

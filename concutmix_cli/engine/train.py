@@ -17,18 +17,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from concutmix_cli import __version__
-from concutmix_cli.config import Config, build_config, config_from_dict
+from concutmix_cli.config import Config, build_config
 from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.engine import distributed as dist_utils
 from concutmix_cli.engine import runtime
-from concutmix_cli.engine.checkpoint import (
-    RunFolder, atomic_write_bytes, atomic_write_text, read_state, state_bytes, weights_bytes,
-)
+from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, weights_bytes
 from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
 from concutmix_cli.engine.step import FOREGROUND, MethodStep, uses_contrast
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
 from concutmix_cli.models.build import build_model
 
 EXIT_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
