@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from concutmix_cli import losses
 from concutmix_cli.config import MethodConfig
-from concutmix_cli.engine.distributed import DistContext, gather_with_grad
+from concutmix_cli.engine.distributed import DistContext, gather_no_grad, gather_with_grad
 from concutmix_cli.mixing import area_labels, paste, sample_boxes
 from concutmix_cli.rectify import rectify_labels
 
@@ -106,7 +106,7 @@ class MethodStep:
             z = F.normalize(out.projection[n:].float(), dim=1)  # views 1 and 2
             z_labels = torch.cat([labels, labels])
             z_all = gather_with_grad(z, self.ctx)
-            labels_all = _gather_labels(z_labels, self.ctx)
+            labels_all = gather_no_grad(z_labels, self.ctx)
             anchors = None
             if self.ctx.enabled:
                 local = z.shape[0]
@@ -121,10 +121,4 @@ class MethodStep:
             loss = cls
         correct = (logits.argmax(dim=1) == labels).sum().detach()
         return StepResult(loss=loss, terms=terms, correct=correct, rect_weight=rect_weight)
-
-
-def _gather_labels(labels: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    from concutmix_cli.engine.distributed import gather_no_grad
-
-    return gather_no_grad(labels, ctx)
 
