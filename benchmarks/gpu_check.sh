@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (about 4-5 minutes on one H100/H200), run from the repository root.
 # Most important first, so that a cut-short run still returns the essentials:
-#   1. throughput of the device augmentation path (ratio against the model-only ceiling),
+#   1. throughput of the device augmentation path (ratio against the model-only ceiling), with
+#      and without the prefetch thread (data.prefetch, on by default on CUDA),
 #   2. timed real epochs: the short CIFAR-100-LT schedule (cifar100-lt-short) for concutmix and ce
 #      on the device path; last-epoch test accuracy of each,
 #   3. throughput and the same short concutmix run on the loader path (accuracy parity),
@@ -13,7 +14,7 @@
 # archive .devdata/cifar100-lt-if100.tar.xz of it; on images without pydantic, wheels in .whl/.
 set -uo pipefail
 OUT_DIR=${OUT_DIR:-gpu_check_out}
-EPOCHS=${EPOCHS:-15}
+EPOCHS=${EPOCHS:-12}
 DATA=${DATA:-data/cifar100-lt-if100}
 STEPS=${STEPS:-20}
 EXTRA=${EXTRA:-}
@@ -37,10 +38,11 @@ snapshot() {
     && mv "$SNAPSHOT_TO/gpu_check.tgz.tmp" "$SNAPSHOT_TO/gpu_check.tgz"
 }
 
-throughput() {  # name, method, augment_on
-  timeout 90 python3 benchmarks/throughput.py --data "$DATA" --method "$2" --augment-on "$3" \
-    --steps "$STEPS" --json 2>"$OUT_DIR/throughput-$1.err" | tail -1 > "$OUT_DIR/throughput-$1.json"
-  tail -12 "$OUT_DIR/throughput-$1.err"
+throughput() {  # name, method, augment_on, extra throughput.py args...
+  local name=$1 method=$2 augment=$3; shift 3
+  timeout 90 python3 benchmarks/throughput.py --data "$DATA" --method "$method" --augment-on "$augment" \
+    --steps "$STEPS" "$@" --json 2>"$OUT_DIR/throughput-$name.err" | tail -1 > "$OUT_DIR/throughput-$name.json"
+  tail -12 "$OUT_DIR/throughput-$name.err"
   snapshot
 }
 
@@ -61,6 +63,7 @@ run() {  # name, extra train args...
 
 echo "== 1. throughput, device path"
 throughput device concutmix device
+throughput device-noprefetch concutmix device --set 'data.prefetch="off"'
 echo "== 2. short real runs ($EPOCHS epochs), device path"
 run concutmix-device --set 'data.augment_on="device"'
 run ce-device --method ce --set 'data.augment_on="device"'

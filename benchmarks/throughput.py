@@ -96,12 +96,8 @@ def real_steps(trainer: Trainer):
 
 
 def train_one(trainer: Trainer, epoch: int, step: int, batch) -> None:
-    plan = trainer.planner.plan(epoch, step)
-    result = trainer.step_fn(trainer.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
-    trainer.scaler.scale(result.loss).backward()
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    """One step exactly as `concutmix train` makes it (finiteness check included)."""
+    trainer.train_step(epoch, step, batch)
 
 
 def measure_real(trainer: Trainer, warmup: int, steps: int) -> tuple[float, int]:
@@ -139,9 +135,7 @@ def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
         trainer.scaler.scale(result.loss).backward()
         _sync(device)
         t3 = time.perf_counter()
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.optimizer_step()
         _sync(device)
         t4 = time.perf_counter()
         for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -168,9 +162,7 @@ def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> float:
                 proto = trainer.model.prototypes()
                 loss = loss + out.projection.float().square().mean() + proto.float().square().mean()
         trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.optimizer_step()
 
     for _ in range(warmup):
         one()
@@ -207,6 +199,7 @@ def main(argv=None) -> dict:
         ceiling = measure_ceiling(trainer, args.warmup, args.steps)
         result = {
             "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
+            "prefetch": bool(trainer.device_batches is not None and trainer.device_batches.prefetch),
             "device": device_name(trainer.device), "precision": trainer.precision.name,
             "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
             "steps": args.steps, "samples": samples,

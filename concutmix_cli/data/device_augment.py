@@ -31,7 +31,7 @@ Measured differences from the PIL path are listed in `PIL_DIFFERENCES`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -152,8 +152,17 @@ class AutoAugmentTable:
 # --------------------------------------------------------------------------------------------
 
 
+class _Rows:
+    """Per-sample parameter tables: every field is a tensor with one row per sample."""
+
+    def cat(self, *others):
+        """These rows followed by those of `others` (so several views go through one pass)."""
+        parts = (self, *others)
+        return type(self)(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(self)))
+
+
 @dataclass
-class ClassifyParams:
+class ClassifyParams(_Rows):
     """Per-sample parameters of view 0 (CPU tensors, N rows)."""
 
     top: torch.Tensor  # int64, crop offset in the padded image, 0..H+2p-size
@@ -167,7 +176,7 @@ class ClassifyParams:
 
 
 @dataclass
-class ContrastParams:
+class ContrastParams(_Rows):
     """Per-sample parameters of views 1/2 (CPU tensors, N rows)."""
 
     top: torch.Tensor  # int64 resized-crop box

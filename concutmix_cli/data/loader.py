@@ -122,10 +122,22 @@ def build_train_loader(
 
 
 class DeviceBatches:
-    """The device path: the uint8 training set lives on the device; views are made batch-wise."""
+    """The device path: the uint8 training set lives on the device; views are made batch-wise.
+
+    Each kind of view is made in ONE batched pass per step (view 0 of A together with the
+    foreground view of B, views 1 and 2 together): on a GPU the cost is the number of kernel
+    launches, not the pixels. The parameters are still drawn per view, in the order view 0,
+    view 1, view 2, foreground, so the pixels equal four separate calls.
+
+    With `prefetch`, a background thread makes step t+1's views while the training thread runs
+    step t. On a GPU the augmentation is bound by the CPU launching small kernels, and the
+    backward pass launches from autograd's own thread without the GIL, so the two overlap. Both
+    threads queue on the same CUDA stream, in launch order, so step t+1's views are complete
+    before anything reads them. The batches are identical with and without prefetching.
+    """
 
     def __init__(self, data: PreparedData, planner: EpochPlanner, contrast: bool,
-                 device: torch.device):
+                 device: torch.device, prefetch: bool = False):
         from concutmix_cli.data.device_augment import DeviceViews
 
         if data.train.images is None:
@@ -136,21 +148,55 @@ class DeviceBatches:
         self.planner = planner
         self.contrast = contrast
         self.device = device
+        self.prefetch = prefetch
 
     def batch(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
         plan = self.planner.plan(epoch, step)
+        views = self.views
         gen = torch.Generator().manual_seed(plan.device_seed)
         index = torch.from_numpy(plan.indices).to(self.device, non_blocking=True)
         images = self.images[index]
-        sample = {"view0": self.views.classify(images, gen), "labels": self.labels[index]}
-        if self.contrast:
-            sample["view1"] = self.views.contrast(images, gen)
-            sample["view2"] = self.views.contrast(images, gen)
+        n, _, height, width = images.shape
+        params0 = views.sample_classify(n, height, width, gen)
+        params_contrast = [views.sample_contrast(n, height, width, gen) for _ in range(2)] if self.contrast else []
+        sample = {"labels": self.labels[index]}
         if plan.mix:
             fg = torch.from_numpy(plan.foreground).to(self.device, non_blocking=True)
-            sample["fg_view0"] = self.views.classify(self.images[fg], gen)
+            params_fg = views.sample_classify(n, height, width, gen)
+            both = views.classify_uint8(torch.cat((images, self.images[fg])), params0.cat(params_fg))
+            sample["view0"], sample["fg_view0"] = views.normalize(views.to_unit(both)).split(n)
             sample["fg_labels"] = self.labels[fg]
+        else:
+            sample["view0"] = views.normalize(views.to_unit(views.classify_uint8(images, params0)))
+        if self.contrast:
+            both = views.contrast_uint8(images.repeat(2, 1, 1, 1), params_contrast[0].cat(params_contrast[1]))
+            sample["view1"], sample["view2"] = views.normalize(views.to_unit(both)).split(n)
         return sample
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(step, batch) from `start_step` to the end of the epoch, one step ahead when prefetching."""
+        steps = range(start_step, self.planner.steps_per_epoch())
+        if not self.prefetch:
+            for step in steps:
+                yield step, self.batch(epoch, step)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concutmix-views")
+        try:
+            pending = pool.submit(self._batch_in_thread, epoch, steps[0]) if steps else None
+            for i, step in enumerate(steps):
+                batch = pending.result()
+                pending = pool.submit(self._batch_in_thread, epoch, steps[i + 1]) if i + 1 < len(steps) else None
+                yield step, batch
+        finally:  # also when the consumer stops early: wait for the batch in flight, drop the rest
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batch_in_thread(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":  # the current device is per thread
+            with torch.cuda.device(self.device):
+                return self.batch(epoch, step)
+        return self.batch(epoch, step)
 
 
 class EvalBatches:

@@ -145,7 +145,8 @@ class Trainer:
                                   self.precision.autocast_dtype, self.channels_last)
         contrast = uses_contrast(method)
         if cfg.data.augment_on == "device":
-            self.device_batches = DeviceBatches(self.data, self.planner, contrast, self.device)
+            prefetch = cfg.data.prefetch == "on" or (cfg.data.prefetch == "auto" and self.device.type == "cuda")
+            self.device_batches = DeviceBatches(self.data, self.planner, contrast, self.device, prefetch)
             self.loader = None
         else:
             self.device_batches = None
@@ -260,14 +261,40 @@ class Trainer:
     def batches(self, epoch: int, start_step: int):
         """(step, batch on the device) for this process, from `start_step` to the end of the epoch."""
         if self.device_batches is not None:
-            for step in range(start_step, self.planner.steps_per_epoch()):
-                yield step, self.device_batches.batch(epoch, step)
+            yield from self.device_batches.epoch(epoch, start_step)
             return
         self.loader.batch_sampler.set_epoch(epoch, start_step)
         for offset, batch in enumerate(self.loader):
             yield start_step + offset, {
                 k: v.to(self.device, non_blocking=True) for k, v in batch.items()
             }
+
+    def train_step(self, epoch: int, step: int, batch: dict[str, torch.Tensor]):
+        """Loss, backward and, at an accumulation boundary, the optimizer step of one batch.
+
+        Returns (result, scaler_skipped); result is None when the loss was not finite and the batch
+        was dropped (or the run stops, see `runtime.max_bad_steps`). The benchmark in
+        benchmarks/throughput.py times exactly this."""
+        plan = self.planner.plan(epoch, step)
+        result = self.step_fn(self.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+        # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
+        if dist_utils.any_rank(not bool(torch.isfinite(result.loss)), self.ctx):
+            self._non_finite(epoch, step, result)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, False
+        accumulate = self.cfg.optim.accumulate
+        self.scaler.scale(result.loss / accumulate).backward()
+        if (step + 1) % accumulate == 0 or step + 1 == self.planner.steps_per_epoch():
+            return result, self.optimizer_step()
+        return result, False
+
+    def optimizer_step(self) -> bool:
+        """Unscale, step and zero the gradients; True when the fp16 grad scaler skipped the step."""
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return scale_before is not None and self.scaler.get_scale() < scale_before
 
     def _handle_signal(self, signum, _frame) -> None:
         self._stop_code = EXIT_SIGNALS.get(signal.Signals(signum), 130)
@@ -296,20 +323,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         for step, batch in self.batches(epoch, start_step):
             plan = self.planner.plan(epoch, step)
-            result = self.step_fn(model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
-            # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
-            if dist_utils.any_rank(not bool(torch.isfinite(result.loss)), self.ctx):
-                self._non_finite(epoch, step, result)
-                self.optimizer.zero_grad(set_to_none=True)
+            result, scaler_skipped = self.train_step(epoch, step, batch)
+            if result is None:
                 continue
-            self.scaler.scale(result.loss / accumulate).backward()
-            if (step + 1) % accumulate == 0 or step + 1 == steps:
-                scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if scale_before is not None and self.scaler.get_scale() < scale_before:
-                    counts["skipped"] += 1
-                self.optimizer.zero_grad(set_to_none=True)
+            counts["skipped"] += int(scaler_skipped)
             n = batch["labels"].shape[0]
             sums["loss"] += result.loss.detach() * n
             sums["cls"] += result.terms["cls"] * n
