@@ -23,12 +23,12 @@ def main(folder: str) -> None:
     out = Path(folder)
     print("| throughput | samples/s | ceiling | ratio | device peak GB |")
     print("|---|---|---|---|---|")
-    for name in ("device", "device-noprefetch", "loader", "ce-device"):
+    for name in ("device", "device-prefetch", "loader", "ce-device"):
         r = _json_line(out / f"throughput-{name}.json")
         if r is None:
             print(f"| {name} | failed | | | |")
             continue
-        label = f"{r['method']} / {r['augment_on']}" + (" (no prefetch)" if name.endswith("noprefetch") else "")
+        label = f"{r['method']} / {r['augment_on']}" + (" + prefetch" if name.endswith("-prefetch") else "")
         print(f"| {label} | {r['samples_per_s']:.0f} | "
               f"{r['ceiling_samples_per_s']:.0f} | {r['ratio']:.3f} | {r.get('device_peak_gb', 0):.2f} |")
     print()

@@ -36,10 +36,11 @@ class DataConfig(_Section):
     training device (CIFAR-sized in-memory data only)."""
     num_workers: int = Field(-1, ge=-1)
     """DataLoader worker processes; -1 picks from the machine (CPU count, capped)."""
-    prefetch: Literal["auto", "on", "off"] = "auto"
-    """Device path only: make the next step's views in a background thread while this step trains.
-    auto: on for CUDA (the views are bound by kernel launches, which overlap with the backward
-    pass), off for CPU (the two would share the same cores)."""
+    prefetch: bool = False
+    """Device path only: make the next step's views in a background thread while this step trains
+    (identical batches). Meant for CUDA, where the views are bound by the CPU launching small
+    kernels and could overlap with the backward pass; not yet measured on a GPU, so off by default
+    (benchmarks/gpu_check.sh measures both). On CPU it only shares the same cores."""
     eval_batch_size: int = Field(512, ge=1)
 
 

@@ -3,6 +3,7 @@ both give exactly the pixels of making every view separately, step by step."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -74,13 +75,14 @@ def test_prefetch_errors_reach_the_training_thread(tiny_data):
 
 def test_training_with_prefetch_equals_training_without(cli, tiny_data, tmp_path):
     weights = {}
-    for prefetch in ("on", "off"):
+    for prefetch in ("true", "false"):
         run = tmp_path / prefetch
         code, _, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", run,
                            "--method", "concutmix", "--epochs", "1", "--deterministic",
-                           "--set", 'data.augment_on="device"', "--set", f'data.prefetch="{prefetch}"',
+                           "--set", 'data.augment_on="device"', "--set", f"data.prefetch={prefetch}",
                            "--set", "method.cutmix_prob=1.0")
         assert code == 0, err
+        assert json.loads((run / "config.json").read_text())["data"]["prefetch"] is (prefetch == "true")
         weights[prefetch] = load_file(run / "last.safetensors")
-    assert weights["on"].keys() == weights["off"].keys()
-    assert all(torch.equal(weights["on"][k], weights["off"][k]) for k in weights["on"])
+    assert weights["true"].keys() == weights["false"].keys()
+    assert all(torch.equal(weights["true"][k], weights["false"][k]) for k in weights["true"])

@@ -23,3 +23,18 @@ def test_throughput_benchmark_json_on_synthetic_data():
     assert result["samples"] == 3 * 16 and result["device"].startswith("cpu")
     assert result["ratio"] == result["samples_per_s"] / result["ceiling_samples_per_s"]
     assert set(result["profile_s_per_step"]) == {"data", "forward_and_loss", "backward", "optimizer"}
+
+
+def test_views_overhead_benchmark_counts_ops_of_both_kinds_of_step(tiny_data):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "views_overhead.py"), "--data", str(tiny_data),
+         "--batch-size", "4", "--steps", "6", "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["batch_size"] == 4 and result["device"] == "cpu"
+    mixed, unmixed = result["ops_per_step"]["mixed"], result["ops_per_step"]["unmixed"]
+    # a mixed step also makes the foreground view: strictly more work than an unmixed one
+    assert mixed["non_view_ops"] > unmixed["non_view_ops"] > 0
+    assert mixed["ops"] >= mixed["non_view_ops"]

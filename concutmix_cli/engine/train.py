@@ -145,8 +145,8 @@ class Trainer:
                                   self.precision.autocast_dtype, self.channels_last)
         contrast = uses_contrast(method)
         if cfg.data.augment_on == "device":
-            prefetch = cfg.data.prefetch == "on" or (cfg.data.prefetch == "auto" and self.device.type == "cuda")
-            self.device_batches = DeviceBatches(self.data, self.planner, contrast, self.device, prefetch)
+            self.device_batches = DeviceBatches(self.data, self.planner, contrast, self.device,
+                                                cfg.data.prefetch)
             self.loader = None
         else:
             self.device_batches = None
