@@ -78,18 +78,20 @@ counts_strategy = st.one_of(
     st.integers(2, 12).map(lambda c: [1] * c),  # all ones: rho = 0
     st.integers(2, 12).map(lambda c: [10**9] * c),  # huge counts
 )
+# class counts, batch size, feature size, feature magnitude and a seed: what every rectification
+# property draws
+rectification_inputs = dict(
+    counts=counts_strategy, n=st.integers(1, 6), d=st.integers(1, 8), mag=magnitudes,
+    seed=st.integers(0, 2**31 - 1),
+)
 
 
 @PROPS
 @given(
-    counts=counts_strategy,
-    n=st.integers(1, 6),
-    d=st.integers(1, 8),
-    mag=magnitudes,
+    **rectification_inputs,
     feature_kind=st.sampled_from(["random", "zero", "on_prototype", "all_zero"]),
     omega=st.floats(0.0, 50.0, allow_nan=False),
     top_k_frac=unit,
-    seed=st.integers(0, 2**31 - 1),
 )
 def test_rectified_labels_are_distributions(counts, n, d, mag, feature_kind, omega, top_k_frac, seed):
     c = len(counts)
@@ -208,13 +210,7 @@ def test_mixed_ce_is_the_soft_ce_of_the_area_label(n, c, lam_kind, scale, tau, s
 
 
 @PROPS
-@given(
-    counts=counts_strategy,
-    n=st.integers(1, 6),
-    d=st.integers(1, 8),
-    mag=magnitudes,
-    seed=st.integers(0, 2**31 - 1),
-)
+@given(**rectification_inputs)
 def test_omega_zero_keeps_the_area_label(counts, n, d, mag, seed):
     """omega = 0 switches rectification off exactly: the target is the area label, bit for bit."""
     c = len(counts)

@@ -801,6 +801,10 @@ class DeviceViews:
         ms = self._cache[key]
         return x.sub(ms[0]).div_(ms[1])
 
+    def finish(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 views -> normalized float32 network input (ToTensor + Normalize)."""
+        return self.normalize(self.to_unit(images))
+
     def _grid(self, h: int, w: int, device) -> torch.Tensor:
         key = ("grid", device, h, w)
         if key not in self._cache:
@@ -859,7 +863,7 @@ class DeviceViews:
         self._check(images, generator)
         n, _, h, w = images.shape
         params = self.sample_classify(n, h, w, generator)
-        return self.normalize(self.to_unit(self.classify_uint8(images, params)))
+        return self.finish(self.classify_uint8(images, params))
 
     def classify_uint8(self, images: torch.Tensor, params: ClassifyParams) -> torch.Tensor:
         """View 0 with given parameters, before to_unit/normalize: uint8 [N, 3, size, size]."""
@@ -944,7 +948,7 @@ class DeviceViews:
         self._check(images, generator)
         n, _, h, w = images.shape
         params = self.sample_contrast(n, h, w, generator)
-        return self.normalize(self.to_unit(self.contrast_uint8(images, params)))
+        return self.finish(self.contrast_uint8(images, params))
 
     def contrast_uint8(self, images: torch.Tensor, params: ContrastParams) -> torch.Tensor:
         """Views 1/2 with given parameters, before to_unit/normalize: uint8 [N, 3, size, size]."""

@@ -11,6 +11,7 @@ and the device path (batched transforms on the training device). Both yield the 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import Iterator
 
 import numpy as np
@@ -164,13 +165,13 @@ class DeviceBatches:
             fg = torch.from_numpy(plan.foreground).to(self.device, non_blocking=True)
             params_fg = views.sample_classify(n, height, width, gen)
             both = views.classify_uint8(torch.cat((images, self.images[fg])), params0.cat(params_fg))
-            sample["view0"], sample["fg_view0"] = views.normalize(views.to_unit(both)).split(n)
+            sample["view0"], sample["fg_view0"] = views.finish(both).split(n)
             sample["fg_labels"] = self.labels[fg]
         else:
-            sample["view0"] = views.normalize(views.to_unit(views.classify_uint8(images, params0)))
+            sample["view0"] = views.finish(views.classify_uint8(images, params0))
         if self.contrast:
             both = views.contrast_uint8(images.repeat(2, 1, 1, 1), params_contrast[0].cat(params_contrast[1]))
-            sample["view1"], sample["view2"] = views.normalize(views.to_unit(both)).split(n)
+            sample["view1"], sample["view2"] = views.finish(both).split(n)
         return sample
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
@@ -193,10 +194,9 @@ class DeviceBatches:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _batch_in_thread(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
-        if self.device.type == "cuda":  # the current device is per thread
-            with torch.cuda.device(self.device):
-                return self.batch(epoch, step)
-        return self.batch(epoch, step)
+        # the current CUDA device is per thread
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            return self.batch(epoch, step)
 
 
 class EvalBatches:

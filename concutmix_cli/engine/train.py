@@ -269,24 +269,28 @@ class Trainer:
                 k: v.to(self.device, non_blocking=True) for k, v in batch.items()
             }
 
-    def train_step(self, epoch: int, step: int, batch: dict[str, torch.Tensor]):
-        """Loss, backward and, at an accumulation boundary, the optimizer step of one batch.
+    def train_step(self, epoch: int, step: int, batch: dict[str, torch.Tensor], plan=None):
+        """Loss, backward and, at an accumulation boundary, the optimizer step of one batch
+        (`plan`: the step's plan when the caller has it already).
 
         Returns (result, scaler_skipped); result is None when the loss was not finite and the batch
         was dropped (or the run stops, see `runtime.max_bad_steps`). The benchmark in
         benchmarks/throughput.py times exactly this."""
-        plan = self.planner.plan(epoch, step)
+        plan = plan or self.planner.plan(epoch, step)
         result = self.step_fn(self.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
         # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
         if dist_utils.any_rank(not bool(torch.isfinite(result.loss)), self.ctx):
             self._non_finite(epoch, step, result)
             self.optimizer.zero_grad(set_to_none=True)
             return None, False
-        accumulate = self.cfg.optim.accumulate
-        self.scaler.scale(result.loss / accumulate).backward()
-        if (step + 1) % accumulate == 0 or step + 1 == self.planner.steps_per_epoch():
+        self.scaler.scale(result.loss / self.cfg.optim.accumulate).backward()
+        if self.ends_accumulation(step):
             return result, self.optimizer_step()
         return result, False
+
+    def ends_accumulation(self, step: int) -> bool:
+        """Whether the optimizer steps after this step (every `accumulate` steps and at epoch end)."""
+        return (step + 1) % self.cfg.optim.accumulate == 0 or step + 1 == self.planner.steps_per_epoch()
 
     def optimizer_step(self) -> bool:
         """Unscale, step and zero the gradients; True when the fp16 grad scaler skipped the step."""
@@ -319,11 +323,10 @@ class Trainer:
         task = progress.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=steps,
                                  completed=start_step) if progress else None
         started = time.perf_counter()
-        accumulate = cfg.optim.accumulate
         self.optimizer.zero_grad(set_to_none=True)
         for step, batch in self.batches(epoch, start_step):
             plan = self.planner.plan(epoch, step)
-            result, scaler_skipped = self.train_step(epoch, step, batch)
+            result, scaler_skipped = self.train_step(epoch, step, batch, plan)
             if result is None:
                 continue
             counts["skipped"] += int(scaler_skipped)
@@ -346,8 +349,7 @@ class Trainer:
                     f" lr {lr:.4f} {counts['samples'] * self.ctx.world_size / max(elapsed, 1e-9):.0f} img/s"))
             # stop together, and only after an optimizer step: the gradients accumulated since
             # the last one are not saved, so stopping between would not resume exactly
-            boundary = (step + 1) % accumulate == 0 or step + 1 == steps
-            if boundary and dist_utils.any_rank(self._stop_code is not None, self.ctx):
+            if self.ends_accumulation(step) and dist_utils.any_rank(self._stop_code is not None, self.ctx):
                 partial = _merge_partial(restored, sums, counts, time.perf_counter() - started)
                 reduced = torch.tensor([partial[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
                                        device=self.device)
