@@ -76,7 +76,7 @@ def build_trainer(args, data: Path, workdir: Path) -> Trainer:
     overrides = [
         f"method.top_k={min(30, num_classes)}", f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
         f"data.num_workers={args.num_workers}", "optim.warmup_epochs=0", "optim.epochs=1000",
-        "method.rectify_start_epoch=0", "method.cutmix_prob=0.5", *args.overrides,
+        "method.rectify_after_epoch=-1", "method.cutmix_prob=0.5", *args.overrides,
     ]
     cfg = build_config(preset="cifar100-lt-if100", overrides=overrides,
                        shortcuts={"optim.batch_size": args.batch_size, "method.name": args.method,

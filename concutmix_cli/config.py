@@ -46,8 +46,12 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     arch: Literal["resnet32", "resnet50", "resnext50_32x4d"] = "resnet32"
+    classifier: Literal["linear", "cosine"] = "linear"
+    """`linear`: logits = W h + b, what the authors' published CIFAR runs used (no `--use_norm`);
+    `cosine`: logits = s * normalize(h) @ normalize(W), their ImageNet-LT / iNaturalist runs.
+    The class prototypes are g' of each class's weight vector either way (docs/method-notes.md)."""
     cosine_scale: float = Field(30.0, gt=0)
-    """s in logits = s * normalize(h) @ normalize(W)."""
+    """s of the cosine classifier (unused by the linear one)."""
     proj_hidden: int = Field(512, ge=1)
     proj_dim: int = Field(128, ge=1)
     sync_batchnorm: bool = False
@@ -68,6 +72,10 @@ class OptimConfig(_Section):
     gamma: float = Field(0.1, gt=0)
     accumulate: int = Field(1, ge=1)
     """Gradient accumulation: optimizer step every `accumulate` batches."""
+    drop_last: bool = False
+    """Drop the last partial batch of an epoch. The published runs keep it (43 steps an epoch on
+    CIFAR-100-LT IF 100, the last one of 95 images); under torchrun it is trimmed to a multiple of
+    the process count so that every process takes the same number of images."""
 
 
 class MethodConfig(_Section):
@@ -86,9 +94,10 @@ class MethodConfig(_Section):
     """lambda ~ Beta(cutmix_beta, cutmix_beta)."""
     omega: float = Field(20 / 255, ge=0)
     top_k: int = Field(30, ge=1)
-    rectify_start_epoch: int = Field(100, ge=0)
-    """E_r: rectification is used from this (0-based) epoch on; before it, mixed batches use the
-    lambda-weighted loss of the two labels."""
+    rectify_after_epoch: int = Field(100, ge=-1)
+    """E_r: mixed batches are rectified in the 0-based epochs AFTER this one (epoch > E_r, as the
+    reference code tests it), so epochs 0..E_r use the lambda-weighted loss of the two labels;
+    -1 rectifies from the first epoch."""
 
 
 class RuntimeConfig(_Section):
@@ -197,6 +206,35 @@ def _format_validation_error(err: ValidationError, origin: str,
     value = first.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a table"
     return f"{where}: bad value for '{key}' ({shown}): {first['msg']}"
+
+
+def upgrade_saved_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config saved by an older version (a run's config.json or a weights file's metadata),
+    rewritten with the new names so that it means what it meant when it was saved.
+
+    Version 0.1 had no `model.classifier` (its classifier was always the cosine one) and named E_r
+    `method.rectify_start_epoch`, the first rectified epoch (`rectify_after_epoch` = that - 1), and
+    dropped the last partial batch. A saved config holds every key, so a missing
+    `model.classifier` marks a 0.1 config; configs of this version pass through unchanged.
+    """
+    raw = json.loads(json.dumps(raw))
+    model = raw.get("model")
+    if isinstance(model, dict) and "classifier" not in model:
+        model["classifier"] = "cosine"
+        optim = raw.setdefault("optim", {})
+        if isinstance(optim, dict):
+            optim.setdefault("drop_last", True)
+    method = raw.get("method")
+    if isinstance(method, dict) and "rectify_start_epoch" in method:
+        start = method.pop("rectify_start_epoch")
+        if isinstance(start, int) and not isinstance(start, bool):
+            method.setdefault("rectify_after_epoch", start - 1)
+    return raw
+
+
+def saved_config(raw: dict[str, Any], origin: str) -> Config:
+    """Validate a config that a run saved (any toolkit version)."""
+    return config_from_dict(upgrade_saved_config(raw), origin=origin)
 
 
 def config_from_dict(raw: dict[str, Any], origin: str = "config",

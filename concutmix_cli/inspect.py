@@ -28,6 +28,7 @@ import torch
 from concutmix_cli import __version__
 from concutmix_cli.data.prepared import PreparedData
 from concutmix_cli.data.sampling import ClassBalancedSampler, counter_rng, counter_seed
+from concutmix_cli.engine.step import rectifies
 from concutmix_cli.errors import UserError
 from concutmix_cli.mixing import area_labels as make_area_labels
 from concutmix_cli.mixing import draw_lambda, paste, sample_boxes
@@ -247,7 +248,7 @@ def inspect_labels(
             import copy
 
             head = copy.deepcopy(model.prototype_head).train()
-            prototypes = head(model.classifier.weight.t()).float().cpu()
+            prototypes = head(model.class_weights()).float().cpu()
         else:
             prototypes = model.prototypes().float().cpu()
     finally:
@@ -382,7 +383,7 @@ def dump_bytes(result: InspectResult) -> bytes:
         "shot_groups": json.dumps(result.shot_groups),
         "lambda": "per sample: lam ~ Beta(cutmix_beta, cutmix_beta) and one box per sample",
     }
-    for key in ("cutmix_beta", "train_omega", "train_top_k", "rectify_start_epoch"):
+    for key in ("cutmix_beta", "train_omega", "train_top_k", "rectify_after_epoch"):
         if key in result.meta:
             meta[key] = json.dumps(result.meta[key])
     return save(result.tensors(), metadata=meta)
@@ -570,13 +571,14 @@ def run_inspect(
     result.meta.update({
         "source": str(weights), "epoch": epoch, "data": str(prepared.folder),
         "cutmix_beta": cfg.method.cutmix_beta, "train_omega": cfg.method.omega,
-        "train_top_k": cfg.method.top_k, "rectify_start_epoch": cfg.method.rectify_start_epoch,
+        "train_top_k": cfg.method.top_k, "rectify_after_epoch": cfg.method.rectify_after_epoch,
     })
     notes = []
-    start = cfg.method.rectify_start_epoch
-    if isinstance(epoch, int) and cfg.method.name == "concutmix" and epoch <= start:
+    after = cfg.method.rectify_after_epoch
+    # `epoch` epochs done = 0-based epochs 0..epoch-1; the first rectified one is after + 1
+    if isinstance(epoch, int) and cfg.method.name == "concutmix" and not rectifies(cfg.method, epoch - 1):
         notes.append(f"these weights were saved after {epoch} epoch(s), before training used "
-                     f"rectified labels (from 0-based epoch {start} on: method.rectify_start_epoch)")
+                     f"rectified labels (0-based epochs after {after}: method.rectify_after_epoch)")
     if cfg.method.name != "concutmix":
         notes.append(f"this run trained with method {cfg.method.name!r}, without rectification")
     if meta.get("data_checksum") and meta["data_checksum"] != prepared.manifest.get("checksum"):

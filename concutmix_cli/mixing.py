@@ -46,26 +46,25 @@ def sample_boxes(
 ) -> torch.Tensor:
     """Boxes [N, 4] int64 (y0, y1, x0, x1), half-open, on the CPU, one per lambda draw.
 
-    Side = round(sqrt(1 - lam) * image side) per axis, so that before clipping the box covers
-    about 1 - lam of the image; the centre is a uniformly random pixel (rows drawn first, then
-    columns, from `generator`); the box is then clipped to the image, which is why `paste`
-    recomputes lambda from the actual box.
+    The reference's `rand_bbox` arithmetic (method notes, section 3): the half side is
+    `int(side * sqrt(1 - lam)) // 2` per axis (truncated, so the unclipped side is even and covers
+    a little less than 1 - lam: the mean exact lambda over Beta(1, 1) is about 0.700 on 32x32),
+    the centre a uniformly random pixel (rows drawn first, then columns, from `generator`), and
+    the box `[centre - half, centre + half)` clipped to the image, which is why `paste` recomputes
+    lambda from the actual box.
     """
     if height < 1 or width < 1:
         raise ValueError(f"sample_boxes: image size must be >= 1x1, got {height}x{width}")
     lam = torch.as_tensor(lam).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
     n = lam.numel()
     ratio = torch.sqrt((1.0 - lam).clamp(0.0, 1.0))
-    side_h = torch.round(ratio * height).to(torch.int64)
-    side_w = torch.round(ratio * width).to(torch.int64)
+    half_h = torch.trunc(ratio * height).to(torch.int64) // 2
+    half_w = torch.trunc(ratio * width).to(torch.int64) // 2
     cy = torch.randint(0, height, (n,), generator=generator, dtype=torch.int64)
     cx = torch.randint(0, width, (n,), generator=generator, dtype=torch.int64)
-    y0 = cy - side_h // 2
-    x0 = cx - side_w // 2
-    y1 = y0 + side_h
-    x1 = x0 + side_w
     return torch.stack(
-        [y0.clamp(0, height), y1.clamp(0, height), x0.clamp(0, width), x1.clamp(0, width)], dim=1
+        [(cy - half_h).clamp(0, height), (cy + half_h).clamp(0, height),
+         (cx - half_w).clamp(0, width), (cx + half_w).clamp(0, width)], dim=1
     )
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from concutmix_cli.config import (
     Config, apply_override, build_config, config_from_dict, list_presets, presets_dir,
-    resolve_preset,
+    resolve_preset, saved_config, upgrade_saved_config,
 )
 from concutmix_cli.errors import UserError
 
@@ -40,17 +40,45 @@ def test_cifar_presets_follow_the_published_recipe(name, tau, omega, top_k):
     assert (cfg.method.alpha, cfg.method.beta, cfg.method.temperature) == (2.0, 0.6, 0.1)
     assert cfg.method.tau == tau and cfg.method.top_k == top_k
     assert cfg.method.omega == pytest.approx(omega, rel=1e-12)
-    assert cfg.method.rectify_start_epoch == 100 and cfg.model.arch == "resnet32"
+    assert cfg.method.rectify_after_epoch == 100 and cfg.model.arch == "resnet32"
+    # the published CIFAR runs: plain linear classifier, the last partial batch kept
+    assert cfg.model.classifier == "linear" and cfg.optim.drop_last is False
+
+
+def test_400_epoch_preset_follows_the_authors_script():
+    cfg = build_config(preset="cifar100-lt-if100-400ep")
+    assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.milestones) == (400, 10, [360, 380])
+    assert cfg.method.tau == 0.79 and cfg.method.rectify_after_epoch == 160
+    assert cfg.model.classifier == "linear"
 
 
 def test_large_scale_presets():
     inet = build_config(preset="imagenet-lt-resnext50")
     assert inet.model.arch == "resnext50_32x4d" and inet.optim.schedule == "cosine"
+    assert (inet.model.classifier, inet.model.cosine_scale, inet.optim.warmup_epochs) == ("cosine", 30.0, 0)
+    assert inet.method.rectify_after_epoch == 60
     assert (inet.method.alpha, inet.method.beta, inet.method.temperature, inet.method.tau) == (1.0, 0.35, 0.07, 0.99)
     assert inet.method.omega == pytest.approx(200 / 255)
     inat = build_config(preset="inat2018-resnet50")
     assert (inat.optim.epochs, inat.optim.lr, inat.optim.weight_decay) == (100, 0.2, 1e-4)
-    assert inat.method.omega == pytest.approx(1628 / 255) and inat.method.rectify_start_epoch == 80
+    assert inat.method.omega == pytest.approx(1628 / 255) and inat.method.rectify_after_epoch == 80
+    assert (inat.model.classifier, inat.optim.warmup_epochs) == ("cosine", 0)
+    # the authors' --batch-size 128 --grad_c: two batches of 128 per optimizer step
+    assert (inat.optim.batch_size, inat.optim.accumulate) == (128, 2)
+
+
+def test_a_saved_config_of_version_0_1_keeps_its_meaning():
+    # 0.1 wrote no model.classifier (always cosine), named E_r rectify_start_epoch (the first
+    # rectified epoch) and dropped the last partial batch.
+    old = Config().model_dump()
+    del old["model"]["classifier"], old["optim"]["drop_last"], old["method"]["rectify_after_epoch"]
+    old["method"]["rectify_start_epoch"] = 7
+    cfg = saved_config(old, origin="old run")
+    assert (cfg.model.classifier, cfg.optim.drop_last, cfg.method.rectify_after_epoch) == ("cosine", True, 6)
+    # a config of this version passes through unchanged
+    new = build_config(preset="cifar100-lt-if100")
+    assert saved_config(new.model_dump(), origin="new run") == new
+    assert upgrade_saved_config(new.model_dump()) == new.model_dump()
 
 
 def test_overrides_and_shortcuts_layer_in_order():

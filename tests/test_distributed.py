@@ -114,7 +114,7 @@ def _compute(data_path: str, ctx) -> dict:
     counts = torch.tensor(data.train_counts, dtype=torch.float32)
     out: dict = {"cases": {}, "eval": {}}
     for name, (method, foreground, mix_prob, epoch, steps) in CASES.items():
-        cfg = MethodConfig(name=method, top_k=3, rectify_start_epoch=1, cutmix_prob=mix_prob)
+        cfg = MethodConfig(name=method, top_k=3, rectify_after_epoch=0, cutmix_prob=mix_prob)
         contrast = uses_contrast(method)
         torch.manual_seed(0)
         model = _small_model(data.num_classes)

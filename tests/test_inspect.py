@@ -55,7 +55,7 @@ def setup(tmp_path_factory, one_thread):
     prepare("synthetic-lt", out=tmp / "data", n_max=120, imbalance=10)
     run_training(TrainRequest(preset="smoke", out=tmp / "run", overrides=[
         f'data.path="{tmp / "data"}"', "optim.epochs=1", "optim.batch_size=16",
-        "runtime.max_steps_per_epoch=2", "method.rectify_start_epoch=0",
+        "runtime.max_steps_per_epoch=2", "method.rectify_after_epoch=-1",
         "data.eval_batch_size=500",
     ]))
     prepare("synthetic-lt", out=tmp / "data5", classes=5, n_max=20, imbalance=10)

@@ -1,4 +1,4 @@
-"""CutMix pieces (METHOD.md 3): boxes, masks, pasting, exact lambda, area labels, lambda draws."""
+"""CutMix pieces (docs/method-notes.md, section 3): boxes, masks, pasting, exact lambda, area labels, lambda draws."""
 
 from __future__ import annotations
 
@@ -14,25 +14,45 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def test_boxes_in_bounds_and_expected_size_when_not_clipped():
+def reference_rand_bbox(lam: float, height: int, width: int, cy: int, cx: int) -> list[int]:
+    """The reference's rand_bbox, written plainly: half side int(side * sqrt(1 - lam)) // 2,
+    box [centre - half, centre + half) clipped to the image; returns (y0, y1, x0, x1)."""
+    half_h = int(height * math.sqrt(1.0 - lam)) // 2
+    half_w = int(width * math.sqrt(1.0 - lam)) // 2
+    clip = lambda v, hi: min(max(v, 0), hi)  # noqa: E731
+    return [clip(cy - half_h, height), clip(cy + half_h, height), clip(cx - half_w, width), clip(cx + half_w, width)]
+
+
+def test_boxes_follow_the_reference_arithmetic():
     h, w = 32, 48
     lam = draw_lambda(2000, 1.0, generator=_gen(1))
     boxes = sample_boxes(lam, h, w, generator=_gen(2))
     assert boxes.shape == (2000, 4) and boxes.dtype == torch.int64 and boxes.device.type == "cpu"
+    # the centres are drawn rows first, then columns, from the generator
+    g = _gen(2)
+    cy = torch.randint(0, h, (2000,), generator=g)
+    cx = torch.randint(0, w, (2000,), generator=g)
+    expected = [reference_rand_bbox(float(lam[i]), h, w, int(cy[i]), int(cx[i])) for i in range(2000)]
+    assert boxes.tolist() == expected
     y0, y1, x0, x1 = boxes.unbind(1)
-    assert bool(((0 <= y0) & (y0 <= y1) & (y1 <= h)).all())
-    assert bool(((0 <= x0) & (x0 <= x1) & (x1 <= w)).all())
-    ratio = torch.sqrt(1.0 - lam.double())
-    exp_h = torch.round(ratio * h).long()
-    exp_w = torch.round(ratio * w).long()
-    # Clipping can only shrink a box.
-    assert bool(((y1 - y0) <= exp_h).all()) and bool(((x1 - x0) <= exp_w).all())
-    # A box that touches no border was not clipped: its side is exactly round(sqrt(1-lam) * side).
     free_y = (y0 > 0) & (y1 < h)
-    free_x = (x0 > 0) & (x1 < w)
-    assert free_y.sum() > 100 and free_x.sum() > 100
-    assert torch.equal((y1 - y0)[free_y], exp_h[free_y])
-    assert torch.equal((x1 - x0)[free_x], exp_w[free_x])
+    assert free_y.sum() > 100 and bool(((y1 - y0)[free_y] % 2 == 0).all())  # unclipped sides are even
+
+
+def test_mean_exact_lambda_is_the_references():
+    # Beta(1, 1) on 32x32, one box each: the reference's truncation gives a mean exact lambda of
+    # about 0.700; rounding the side (round(side * sqrt(1 - lam))) would give about 0.678.
+    n = 20000
+    lam = draw_lambda(n, 1.0, generator=_gen(11))
+    boxes = sample_boxes(lam, 32, 32, generator=_gen(12))
+    exact = 1.0 - ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).double() / 1024
+    assert abs(exact.mean().item() - 0.700) < 0.005
+    g = _gen(12)
+    cy, cx = torch.randint(0, 32, (n,), generator=g), torch.randint(0, 32, (n,), generator=g)
+    side = torch.round(torch.sqrt(1.0 - lam.double()) * 32).long()
+    rounded_h = (cy - side // 2 + side).clamp(0, 32) - (cy - side // 2).clamp(0, 32)
+    rounded_w = (cx - side // 2 + side).clamp(0, 32) - (cx - side // 2).clamp(0, 32)
+    assert abs((1.0 - (rounded_h * rounded_w).double() / 1024).mean().item() - 0.678) < 0.005
 
 
 def test_box_size_for_known_lambda():
@@ -50,12 +70,12 @@ def test_box_size_for_known_lambda():
 
 
 def test_box_centres_cover_the_image():
-    # With a 1x1 box the box *is* the centre pixel: every pixel should be hit over many draws.
-    lam = torch.full((4000,), 1.0 - 1.0 / 64)  # sqrt(1/64) * 8 = 1 pixel
+    # int(8 * sqrt(1 - lam)) = 2: half side 1, box [c - 1, c + 1); its last row/column is the centre.
+    lam = torch.full((4000,), 1.0 - (2.0 / 8) ** 2)
     boxes = sample_boxes(lam, 8, 8, generator=_gen(5))
-    assert bool(((boxes[:, 1] - boxes[:, 0]) == 1).all())
+    assert bool(((boxes[:, 1] - boxes[:, 0]) <= 2).all())
     hits = torch.zeros(8, 8, dtype=torch.long)
-    hits.index_put_((boxes[:, 0], boxes[:, 2]), torch.ones(4000, dtype=torch.long), accumulate=True)
+    hits.index_put_((boxes[:, 1] - 1, boxes[:, 3] - 1), torch.ones(4000, dtype=torch.long), accumulate=True)
     assert int(hits.min()) > 0
     # Roughly uniform: each cell expects 62.5 hits.
     assert int(hits.max()) < 120

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,26 +182,34 @@ def test_projection_is_g_of_h_unnormalized():
     assert not torch.allclose(out.projection.norm(dim=1), torch.ones(3), atol=1e-3)
 
 
-def test_prototypes_shape_and_gradient_reaches_classifier_weight():
-    model = build_model(_small_cfg(), num_classes=6)
+@pytest.mark.parametrize("kind, weight_shape", [("linear", (6, 64)), ("cosine", (64, 6))])
+def test_prototypes_shape_and_gradient_reaches_classifier_weight(kind, weight_shape):
+    model = build_model(_small_cfg(classifier=kind), num_classes=6)
     protos = model.prototypes()
     assert protos.shape == (6, 16)
     loss = (F.normalize(protos, dim=1) * torch.randn(6, 16)).sum()
     loss.backward()
     grad = model.classifier.weight.grad
-    assert grad is not None and grad.shape == (64, 6)
+    assert grad is not None and grad.shape == weight_shape
     assert grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.prototype_head.parameters())
     assert model.projector.net[0].weight.grad is None  # g is untouched
 
 
-def test_prototypes_follow_classifier_columns():
-    model = build_model(_small_cfg(), num_classes=4).eval()
+def _class_weight(model, c: int) -> torch.Tensor:
+    """Class c's weight vector, written per kind: the linear layer's ROW c, the cosine one's column c."""
+    w = model.classifier.weight
+    return w[c, :] if isinstance(model.classifier, nn.Linear) else w[:, c]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_prototypes_follow_each_class_weight_vector(kind):
+    model = build_model(_small_cfg(classifier=kind), num_classes=4).eval()
     with torch.no_grad():
         before = model.prototypes().clone()
-        expected_row = model.prototype_head(model.classifier.weight[:, 1].unsqueeze(0))
+        expected_row = model.prototype_head(_class_weight(model, 1).unsqueeze(0))
         assert torch.allclose(before[1], expected_row[0], atol=1e-6)
-        model.classifier.weight[:, 2] += 1.0
+        _class_weight(model, 2).add_(1.0)
         after = model.prototypes()
     assert torch.allclose(before[[0, 1, 3]], after[[0, 1, 3]], atol=1e-6)
     assert not torch.allclose(before[2], after[2])
@@ -243,8 +253,36 @@ def test_channels_last_train_backward():
 # ----------------------------------------------------------------------------- build_model
 
 
+def test_linear_classifier_is_w_h_plus_b():
+    model = build_model(_small_cfg(), num_classes=5).eval()  # the default classifier
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.weight.shape == (5, 64)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        h = model.backbone(x)
+        expected = h @ model.classifier.weight.T + model.classifier.bias
+        assert torch.allclose(model(x).logits, expected, atol=1e-5)
+
+
+def test_heads_have_pytorchs_default_initialization():
+    # The reference re-initializes only its backbone (Kaiming-normal); the classifier and both heads
+    # keep nn.Linear's default: the same draws as freshly made layers from the same RNG state.
+    torch.manual_seed(3)
+    head = ProjectionHead(64, 512, 128)
+    torch.manual_seed(3)
+    ref = nn.Sequential(nn.Linear(64, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 128))
+    for a, b in zip(head.net.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+    # std of a default Linear(64, .) weight: 1 / sqrt(3 * 64) = 0.072 (Kaiming-normal: 0.177)
+    assert abs(head.net[0].weight.std().item() - 1 / math.sqrt(3 * 64)) < 0.003
+    model = build_model(ModelConfig(), num_classes=100)
+    bound = 1 / math.sqrt(64)
+    assert model.classifier.weight.abs().max() <= bound and model.classifier.bias.abs().max() <= bound
+    assert abs(model.projector.net[0].weight.std().item() - 1 / math.sqrt(3 * 64)) < 0.003
+
+
 def test_build_model_uses_config_values():
-    model = build_model(_small_cfg(cosine_scale=12.5, proj_hidden=24, proj_dim=8), num_classes=3)
+    model = build_model(_small_cfg(classifier="cosine", cosine_scale=12.5, proj_hidden=24, proj_dim=8),
+                        num_classes=3)
     assert isinstance(model, ConCutMixNet)
     assert model.classifier.scale == 12.5
     assert model.projector.hidden_dim == 24 and model.prototype_head.hidden_dim == 24
@@ -261,7 +299,7 @@ def test_count_parameters():
     model = build_model(_small_cfg(), num_classes=10)
     total = sum(p.numel() for p in model.parameters())
     assert count_parameters(model) == total
-    head = 64 * 10 + 2 * (64 * 32 + 32 + 2 * 32 + 32 * 16 + 16)
+    head = 64 * 10 + 10 + 2 * (64 * 32 + 32 + 2 * 32 + 32 * 16 + 16)  # linear classifier: W and b
     assert total == _cifar_resnet_param_count(32) + head
     for p in model.backbone.parameters():
         p.requires_grad_(False)
@@ -275,7 +313,7 @@ def test_build_model_arch_feature_dim(arch, feature_dim):
     model = build_model(ModelConfig(arch=arch, proj_hidden=64, proj_dim=32), num_classes=11)
     assert model.feature_dim == feature_dim
     assert model.num_classes == 11
-    assert model.classifier.weight.shape == (feature_dim, 11)
+    assert model.classifier.weight.shape == (11, feature_dim)  # linear: one row per class
     assert model.prototypes().shape == (11, 32)
     size = 32 if arch == "resnet32" else 64  # tiny input for the ImageNet backbones
     model.eval()
@@ -287,7 +325,7 @@ def test_build_model_arch_feature_dim(arch, feature_dim):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_channels_last_autocast_matches_cpu():
-    model = build_model(_small_cfg(), num_classes=5).eval()
+    model = build_model(_small_cfg(classifier="cosine"), num_classes=5).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = model(x, with_prototypes=True)

@@ -39,7 +39,7 @@ TRAIN_ARGS = [
     "--preset", "smoke", "--epochs", str(EPOCHS), "--batch-size", "8", "--deterministic",
     "--device", "cpu", "--keep", "2", "--seed", "5",
     "--set", "runtime.max_steps_per_epoch=2", "--set", "data.num_workers=0",
-    "--set", "method.rectify_start_epoch=1",
+    "--set", "method.rectify_after_epoch=0",
 ]
 
 CHILD = r"""

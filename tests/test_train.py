@@ -23,7 +23,7 @@ def test_each_method_trains_evaluates_and_resumes(cli, tiny_data, tmp_path, meth
     run = tmp_path / f"run-{method}"
     code, out, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", run,
                          "--method", method, "--epochs", "1", "--seed", "3",
-                         "--set", "method.cutmix_prob=1.0", "--set", "method.rectify_start_epoch=1", *FAST)
+                         "--set", "method.cutmix_prob=1.0", "--set", "method.rectify_after_epoch=0", *FAST)
     assert code == 0, err
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [1]
@@ -77,9 +77,17 @@ def test_lr_schedule_warmup_step_and_cosine():
     assert [round(lr_at(e, cfg), 6) for e in range(6)] == [0.03, 0.06, 0.09, 0.12, 0.15, 0.15]
     assert lr_at(159, cfg) == 0.15
     assert lr_at(160, cfg) == pytest.approx(0.015) and lr_at(180, cfg) == pytest.approx(0.0015)
+    # the reference's cosine, lr * 0.5 * (1 + cos(pi * (e - w + 1) / (E - w + 1))), no warm-up:
+    # epoch 0 of the 90-epoch ImageNet-LT run trains at 0.09997, not at 0.1 (nor 0.02)
     cos = build_config(preset="imagenet-lt-resnext50")
-    assert lr_at(5, cos) == pytest.approx(0.1)
-    assert lr_at(5 + 85 // 2, cos) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 42 / 85)))
+    assert cos.optim.warmup_epochs == 0
+    assert lr_at(0, cos) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi / 91)), rel=1e-12)
+    assert round(lr_at(0, cos), 5) == 0.09997
+    assert lr_at(44, cos) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 45 / 91)), rel=1e-12)
+    assert lr_at(89, cos) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi * 90 / 91)), rel=1e-12) and lr_at(89, cos) > 0
+    warm = build_config(preset="imagenet-lt-resnext50", overrides=["optim.warmup_epochs=5"])
+    assert lr_at(4, warm) == pytest.approx(0.1) and lr_at(5, warm) == pytest.approx(
+        0.1 * 0.5 * (1 + np.cos(np.pi * 1 / 86)), rel=1e-12)
 
 
 def test_class_balanced_foreground_sampler_is_balanced():
@@ -102,7 +110,8 @@ def test_planner_splits_global_batches_across_processes():
     single = EpochPlanner(labels, seed=5, batch_size=8, foreground="balanced", mix_prob=1.0, mix_beta=1.0)
     ranks = [EpochPlanner(labels, seed=5, batch_size=8, foreground="balanced", mix_prob=1.0,
                           mix_beta=1.0, rank=r, world_size=2) for r in range(2)]
-    assert single.steps_per_epoch() == 12  # 100 // 8, the last partial batch dropped
+    assert single.steps_per_epoch() == 13  # 12 full batches of 8 and the last partial one of 4
+    assert [single.global_batch_size(s) for s in (0, 11, 12)] == [8, 8, 4]
     seen = []
     for step in range(single.steps_per_epoch()):
         whole = single.plan(1, step)
@@ -111,8 +120,30 @@ def test_planner_splits_global_batches_across_processes():
         assert np.array_equal(np.concatenate([p.foreground for p in parts]), whole.foreground)
         assert all(p.lam == whole.lam and p.box_seed == whole.box_seed for p in parts)
         seen.extend(whole.indices)
-    assert len(set(seen)) == 96  # one epoch of distinct images between the processes
+    assert len(seen) == len(set(seen)) == 100  # the whole epoch, each image once
+    assert [len(p.plan(1, 12).indices) for p in ranks] == [2, 2]
     assert not np.array_equal(single.plan(0, 0).indices, single.plan(1, 0).indices)
+
+
+def test_steps_per_epoch_keep_the_last_partial_batch_like_the_published_runs():
+    labels = np.repeat(np.arange(100), 1)[np.arange(10847) % 100]  # CIFAR-100-LT IF 100's size
+    planner = EpochPlanner(labels, seed=0, batch_size=256, foreground=None, mix_prob=0.0, mix_beta=1.0)
+    assert planner.steps_per_epoch() == 43  # as in the authors' logs ([i/43])
+    last = planner.plan(0, 42)
+    assert len(last.indices) == len(last.sample_seeds) == 10847 - 42 * 256 == 95
+    everything = np.concatenate([planner.plan(0, s).indices for s in range(43)])
+    assert np.array_equal(np.sort(everything), np.arange(10847))
+    dropped = EpochPlanner(labels, seed=0, batch_size=256, foreground=None, mix_prob=0.0, mix_beta=1.0,
+                           drop_last=True)
+    assert dropped.steps_per_epoch() == 42
+    # full batches are planned identically either way
+    assert np.array_equal(dropped.plan(0, 41).indices, planner.plan(0, 41).indices)
+    # under 3 processes (global batch 255) the last 137 images are trimmed to 135, 45 each
+    ranks = [EpochPlanner(labels, seed=0, batch_size=255, foreground="balanced", mix_prob=1.0,
+                          mix_beta=1.0, rank=r, world_size=3) for r in range(3)]
+    assert ranks[0].steps_per_epoch() == 43 and ranks[0].global_batch_size(42) == 10847 - 42 * 255 - 2
+    assert [len(r.plan(0, 42).indices) for r in ranks] == [45, 45, 45]
+    assert [len(r.plan(0, 42).foreground) for r in ranks] == [45, 45, 45]
 
 
 def test_loader_views_depend_only_on_the_sample_seed(tiny_data):

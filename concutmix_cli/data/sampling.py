@@ -79,6 +79,7 @@ class EpochPlanner:
         rank: int = 0,
         world_size: int = 1,
         max_steps: int = 0,
+        drop_last: bool = False,
     ):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
@@ -91,14 +92,24 @@ class EpochPlanner:
         self.rank = rank
         self.world_size = world_size
         self.max_steps = max_steps
+        self.drop_last = drop_last
+        full, rest = divmod(len(self.labels), batch_size)
+        # the last partial batch, trimmed to a multiple of the process count (equal local batches)
+        self.partial_size = 0 if drop_last else rest - rest % world_size
+        self.full_steps = full
         self.balanced = ClassBalancedSampler(self.labels) if foreground == "balanced" else None
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def steps_per_epoch(self) -> int:
-        """Full global batches only (the last partial batch is dropped, as the contrastive loss
-        needs a full batch and every process must take the same number of steps)."""
-        steps = len(self.labels) // self.batch_size
+        """The full global batches, then the last partial one unless `drop_last` (the published
+        runs keep it: 43 steps on CIFAR-100-LT IF 100, the last of 95 images); capped by
+        `max_steps` when set."""
+        steps = self.full_steps + (1 if self.partial_size else 0)
         return min(steps, self.max_steps) if self.max_steps else steps
+
+    def global_batch_size(self, step: int) -> int:
+        """Images in the global batch of `step`: batch_size, or the partial size at the end."""
+        return self.batch_size if step < self.full_steps else self.partial_size
 
     def _order(self, epoch: int) -> np.ndarray:
         if self._order_cache is None or self._order_cache[0] != epoch:
@@ -106,8 +117,9 @@ class EpochPlanner:
         return self._order_cache[1]
 
     def plan(self, epoch: int, step: int) -> BatchPlan:
+        size = self.global_batch_size(step)
         start = step * self.batch_size
-        global_idx = self._order(epoch)[start : start + self.batch_size]
+        global_idx = self._order(epoch)[start : start + size]
         mix_rng = counter_rng(self.seed, _MIX, epoch, step)
         mix = bool(mix_rng.random() < self.mix_prob)
         lam = float(mix_rng.beta(self.mix_beta, self.mix_beta)) if mix else 1.0
@@ -116,16 +128,11 @@ class EpochPlanner:
         if mix:
             fg_rng = counter_rng(self.seed, _FOREGROUND, epoch, step)
             if self.foreground == "balanced":
-                global_fg = self.balanced.draw(self.batch_size, fg_rng)
+                global_fg = self.balanced.draw(size, fg_rng)
             else:
-                global_fg = global_idx[fg_rng.permutation(self.batch_size)]
-        seeds = counter_rng(self.seed, _SAMPLE, epoch, step).integers(
-            0, 2**63 - 1, size=self.batch_size
-        )
-        local = slice(
-            self.rank * self.batch_size // self.world_size,
-            (self.rank + 1) * self.batch_size // self.world_size,
-        )
+                global_fg = global_idx[fg_rng.permutation(size)]
+        seeds = counter_rng(self.seed, _SAMPLE, epoch, step).integers(0, 2**63 - 1, size=size)
+        local = slice(self.rank * size // self.world_size, (self.rank + 1) * size // self.world_size)
         return BatchPlan(
             epoch=epoch,
             step=step,

@@ -11,12 +11,52 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+from torchvision.transforms.autoaugment import _apply_op
 
 CIFAR_BLUR_KERNEL = 13
 """Odd kernel wide enough for sigma up to 2 (about +-3 sigma) on 32x32 images; PIL-style blur."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+AUTOAUGMENT_FILL = 128
+"""Grey (128, 128, 128) for the pixels AutoAugment's geometric ops uncover, as in the reference's
+CIFAR10Policy (torchvision's default is black)."""
+
+_BICUBIC_OPS = ("ShearX", "ShearY")
+
+
+class ReferenceAutoAugment(T.AutoAugment):
+    """torchvision's AutoAugment (CIFAR-10 policy: the same 25 sub-policies, probabilities and
+    magnitude bins) with the reference implementation's resampling: shear bicubic, translate and
+    rotate nearest, every uncovered pixel grey (`AUTOAUGMENT_FILL`).
+
+    torchvision applies one interpolation to every op; the reference (the widely copied
+    DeepVoltaire CIFAR10Policy) shears with PIL's BICUBIC and translates/rotates with NEAREST.
+    The random draws are torchvision's own (`get_params`), so only pixels differ from it.
+    """
+
+    def __init__(self, policy: T.AutoAugmentPolicy = T.AutoAugmentPolicy.CIFAR10,
+                 fill: int = AUTOAUGMENT_FILL) -> None:
+        super().__init__(policy, interpolation=InterpolationMode.NEAREST, fill=[fill] * 3)
+
+    def forward(self, img):
+        _, height, width = TF.get_dimensions(img)
+        transform_id, probs, signs = self.get_params(len(self.policies))
+        op_meta = self._augmentation_space(10, (height, width))
+        fill = [float(f) for f in self.fill]
+        for i, (op_name, p, magnitude_id) in enumerate(self.policies[transform_id]):
+            if probs[i] <= p:
+                magnitudes, signed = op_meta[op_name]
+                magnitude = float(magnitudes[magnitude_id].item()) if magnitude_id is not None else 0.0
+                if signed and signs[i] == 0:
+                    magnitude *= -1.0
+                mode = InterpolationMode.BICUBIC if op_name in _BICUBIC_OPS else InterpolationMode.NEAREST
+                img = _apply_op(img, op_name, magnitude, interpolation=mode, fill=fill)
+        return img
 
 
 @dataclass(frozen=True)
@@ -32,7 +72,7 @@ def classification_view(kind: str, mean: Sequence[float], std: Sequence[float]) 
         ops = [
             T.RandomCrop(32, padding=4),
             T.RandomHorizontalFlip(),
-            T.AutoAugment(T.AutoAugmentPolicy.CIFAR10),
+            ReferenceAutoAugment(T.AutoAugmentPolicy.CIFAR10),
         ]
     elif kind == "imagenet":
         ops = [

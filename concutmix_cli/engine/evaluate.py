@@ -134,14 +134,14 @@ def resolve_weights(run_or_weights: Path) -> Path:
 
 def load_trained_model(weights_path: Path, device: torch.device):
     """Rebuild the model from a weights file's own metadata and load the weights."""
-    from concutmix_cli.config import config_from_dict
+    from concutmix_cli.config import saved_config
     from concutmix_cli.engine.checkpoint import read_weights
     from concutmix_cli.models.build import build_model
 
     tensors, meta = read_weights(weights_path)
     if "config" not in meta or "num_classes" not in meta:
         raise UserError(f"{weights_path}: weights metadata lacks the config; not a run's weights")
-    cfg = config_from_dict(meta["config"], origin=f"{weights_path} metadata")
+    cfg = saved_config(meta["config"], origin=f"{weights_path} metadata")
     model = build_model(cfg.model, int(meta["num_classes"]))
     try:
         missing, unexpected = model.load_state_dict(tensors, strict=False)

@@ -4,8 +4,9 @@ The method decides what is computed (METHOD.md sections 3, 5, 6):
 - ce:        CE on view 0.
 - cutmix:    CE on view 0 mixed with a shuffle of the batch (lambda-weighted labels).
 - bcl:       alpha * logit-adjusted CE on view 0 + beta * BCL on views 1 and 2.
-- concutmix: bcl + class-balanced CutMix on view 0; from epoch E_r on, the mixed label is
-             rectified with the semantic similarity of the contrastive space.
+- concutmix: bcl + class-balanced CutMix on view 0; in the 0-based epochs after E_r
+             (epoch > method.rectify_after_epoch, as the reference tests it), the mixed label
+             is rectified with the semantic similarity of the contrastive space.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ FOREGROUND = {"ce": None, "cutmix": "batch", "bcl": None, "concutmix": "balanced
 
 def uses_contrast(method: str) -> bool:
     return method in CONTRASTIVE_METHODS
+
+
+def rectifies(method: MethodConfig, epoch: int) -> bool:
+    """Whether mixed batches of the 0-based `epoch` get rectified labels: ConCutMix only, and only
+    after E_r (`epoch > rectify_after_epoch`, the reference's `epoch > args.l_d_warm`)."""
+    return method.name == "concutmix" and epoch > method.rectify_after_epoch
 
 
 @dataclass
@@ -85,8 +92,7 @@ class MethodStep:
         rect_weight = None
         if mixed:
             fg_labels = batch["fg_labels"]
-            rectify = cfg.name == "concutmix" and epoch >= cfg.rectify_start_epoch
-            if rectify:
+            if rectifies(cfg, epoch):
                 area = area_labels(labels, fg_labels, lam_vec, self.num_classes)
                 rect = rectify_labels(area, out.projection[:n].float(), prototypes.float(),
                                       self.class_counts.to(device), cfg.omega, cfg.top_k)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from concutmix_cli import __version__
-from concutmix_cli.config import Config, build_config
+from concutmix_cli.config import Config, build_config, upgrade_saved_config
 from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
@@ -53,13 +53,16 @@ class TrainRequest:
 
 
 def lr_at(epoch: int, cfg: Config) -> float:
-    """Per-epoch learning rate: linear warm-up, then step decay or cosine (the BCL schedule)."""
+    """Per-epoch learning rate of the 0-based `epoch`, the reference's `adjust_lr`: linear warm-up
+    `lr * (e + 1) / w`, then step decay, or the cosine
+    `lr * 0.5 * (1 + cos(pi * (e - w + 1) / (E - w + 1)))`, which is already below lr at its first
+    epoch (0.09997 at epoch 0 of a 90-epoch run at lr 0.1) and never reaches 0."""
     optim = cfg.optim
     if epoch < optim.warmup_epochs:
         return optim.lr * (epoch + 1) / optim.warmup_epochs
     if optim.schedule == "cosine":
-        span = max(optim.epochs - optim.warmup_epochs, 1)
-        progress = (epoch - optim.warmup_epochs) / span
+        w = optim.warmup_epochs
+        progress = (epoch - w + 1) / (optim.epochs - w + 1)
         return optim.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return optim.lr * optim.gamma ** sum(epoch >= m for m in optim.milestones)
 
@@ -93,7 +96,8 @@ def resolve_request(request: TrainRequest) -> tuple[Config, RunFolder, bool]:
             raise UserError(f"{run.config_path}: unreadable ({err}); not a run's config") from None
         if request.preset is not None:
             raise UserError("--resume reads the run's own config; do not pass --preset with it")
-        cfg = build_config(base=saved, overrides=request.overrides, shortcuts=request.shortcuts)
+        cfg = build_config(base=upgrade_saved_config(saved), overrides=request.overrides,
+                           shortcuts=request.shortcuts)
         return cfg, run, True
     cfg = build_config(preset=request.preset or "smoke", overrides=request.overrides,
                        shortcuts=request.shortcuts)
@@ -126,9 +130,9 @@ class Trainer:
             self.data.train.labels, seed=rt.seed, batch_size=cfg.optim.batch_size,
             foreground=FOREGROUND[method], mix_prob=cfg.method.cutmix_prob,
             mix_beta=cfg.method.cutmix_beta, rank=self.ctx.rank, world_size=self.ctx.world_size,
-            max_steps=rt.max_steps_per_epoch,
+            max_steps=rt.max_steps_per_epoch, drop_last=cfg.optim.drop_last,
         )
-        if self.planner.steps_per_epoch() == 0:
+        if cfg.optim.batch_size > len(self.data.train):  # a mistake, partial batch or not
             raise UserError(f"optim.batch_size {cfg.optim.batch_size} is larger than the "
                             f"{len(self.data.train)} training images")
 

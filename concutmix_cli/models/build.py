@@ -1,9 +1,11 @@
-"""The ConCutMix network: backbone + cosine classifier + projection head g + prototype head g'.
+"""The ConCutMix network: backbone + classifier + projection head g + prototype head g'.
 
-METHOD.md section 4. One forward pass computes the feature h once and returns the cosine logits
-and, when asked, the projection g(h). The class prototypes are g'(W[:, c]) for the cosine
-classifier's weight columns, always available (the reference code broke them unless the cosine
-classifier was on; here the classifier is always the cosine one, METHOD.md section 8).
+Method notes, section 4. One forward pass computes the feature h once and returns the logits and,
+when asked, the projection g(h). The classifier is a plain linear layer (the published CIFAR runs)
+or the cosine one (ImageNet-LT, iNaturalist). The class prototypes are g' of each class's weight
+vector, [C, feature_dim] either way: W's rows for the linear layer, W's columns for the cosine one.
+(The reference code applies g' to the linear layer's W transposed, which gives feature_dim rows,
+not C prototypes: a defect we do not copy.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:  # only attributes of the config are read; keeps this module f
 
 __all__ = [
     "ARCHS",
+    "CLASSIFIERS",
     "ConCutMixNet",
     "ModelOutput",
     "build_backbone",
@@ -29,15 +32,16 @@ __all__ = [
 ]
 
 ARCHS = ("resnet32", "resnet50", "resnext50_32x4d")
+CLASSIFIERS = ("linear", "cosine")
 
 
 @dataclass
 class ModelOutput:
     """What `ConCutMixNet.forward` returns.
 
-    logits: [N, C] cosine logits (float32).
+    logits: [N, C] logits (float32 for the cosine classifier; the autocast dtype for the linear).
     projection: [N, proj_dim] g(h) before normalization, or None when `project=False`.
-    prototypes: [C, proj_dim] g'(W.T) before normalization, or None unless
+    prototypes: [C, proj_dim] g'(class weights) before normalization, or None unless
         `with_prototypes=True` (computing them inside forward keeps DDP's bookkeeping simple).
     """
 
@@ -84,7 +88,7 @@ _register_model_output_pytree()
 
 
 class ConCutMixNet(nn.Module):
-    """backbone -> h; logits = classifier(h); projection = g(h); prototypes = g'(W.T)."""
+    """backbone -> h; logits = classifier(h); projection = g(h); prototypes = g'(class weights)."""
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class ConCutMixNet(nn.Module):
         feature_dim: int,
         num_classes: int,
         *,
+        classifier: str = "linear",
         cosine_scale: float = 30.0,
         proj_hidden: int = 512,
         proj_dim: int = 128,
@@ -106,7 +111,13 @@ class ConCutMixNet(nn.Module):
         self.proj_hidden = int(proj_hidden)
         self.proj_dim = int(proj_dim)
         self.backbone = backbone
-        self.classifier = CosineClassifier(self.feature_dim, self.num_classes, cosine_scale)
+        if classifier == "linear":
+            self.classifier: nn.Module = nn.Linear(self.feature_dim, self.num_classes)
+        elif classifier == "cosine":
+            self.classifier = CosineClassifier(self.feature_dim, self.num_classes, cosine_scale)
+        else:
+            raise ValueError(f"unknown classifier {classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+        self.classifier_kind = classifier
         self.projector = ProjectionHead(self.feature_dim, self.proj_hidden, self.proj_dim)
         self.prototype_head = ProjectionHead(self.feature_dim, self.proj_hidden, self.proj_dim)
 
@@ -114,14 +125,20 @@ class ConCutMixNet(nn.Module):
         """The backbone feature h, [N, feature_dim]."""
         return self.backbone(x)
 
+    def class_weights(self) -> Tensor:
+        """Each class's weight vector, [C, feature_dim]: the linear layer's rows W[c, :], the
+        cosine classifier's columns W[:, c] (unnormalized, as g' receives them)."""
+        weight = self.classifier.weight
+        return weight if self.classifier_kind == "linear" else weight.t()
+
     def prototypes(self) -> Tensor:
-        """g'(W.T): one prototype per class, [C, proj_dim], before normalization.
+        """g'(class weights): one prototype per class, [C, proj_dim], before normalization.
 
         g' holds a BatchNorm1d over the C class rows: in train mode it normalizes with the
         statistics of the C rows (and updates its running statistics), in eval mode it uses
         the running statistics, like the reference.
         """
-        return self.prototype_head(self.classifier.weight.t())
+        return self.prototype_head(self.class_weights())
 
     def forward(
         self, x: Tensor, project: bool = True, with_prototypes: bool = False
@@ -134,7 +151,8 @@ class ConCutMixNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"arch={self.arch}, feature_dim={self.feature_dim}, num_classes={self.num_classes}, "
+            f"arch={self.arch}, classifier={self.classifier_kind}, feature_dim={self.feature_dim}, "
+            f"num_classes={self.num_classes}, "
             f"proj_hidden={self.proj_hidden}, proj_dim={self.proj_dim}"
         )
 
@@ -166,6 +184,7 @@ def build_model(cfg: "ModelConfig", num_classes: int) -> ConCutMixNet:
         backbone,
         feature_dim,
         num_classes,
+        classifier=cfg.classifier,
         cosine_scale=cfg.cosine_scale,
         proj_hidden=cfg.proj_hidden,
         proj_dim=cfg.proj_dim,

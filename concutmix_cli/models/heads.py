@@ -1,7 +1,10 @@
-"""Heads on the backbone feature h (METHOD.md section 4).
+"""Heads on the backbone feature h (method notes, section 4).
 
+- the linear classifier is a plain `nn.Linear(feature_dim, C)` (logits = W h + b, W [C, feature_dim],
+  the class weights are W's rows), with PyTorch's default initialization, as in the authors'
+  CIFAR runs;
 - `CosineClassifier`: logits = s * normalize(h) @ normalize(W), W of shape [feature_dim, C]; the
-  class weights are W's columns.
+  class weights are W's columns (the authors' ImageNet-LT / iNaturalist runs).
 - `ProjectionHead`: Linear -> BatchNorm1d -> ReLU -> Linear. The same shape serves as g (on h,
   giving the contrastive features) and as g' (on the classifier's weight columns, giving the
   class prototypes).
@@ -71,8 +74,9 @@ class CosineClassifier(nn.Module):
 class ProjectionHead(nn.Module):
     """Linear(in, hidden) -> BatchNorm1d(hidden) -> ReLU -> Linear(hidden, out).
 
-    Linear weights are Kaiming-normal (fan_in), biases zero. Output is NOT normalized; callers
-    normalize where the method says so (contrastive features, prototypes in the loss).
+    PyTorch's default initialization of every layer, as the reference's heads have (only its
+    backbone is re-initialized Kaiming-normal). Output is NOT normalized; callers normalize where
+    the method says so (contrastive features, prototypes in the loss).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
@@ -85,15 +89,11 @@ class ProjectionHead(nn.Module):
             nn.BatchNorm1d(self.hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(self.hidden_dim, self.out_dim),
-        )
-        self.reset_parameters()
+        )  # constructed with PyTorch's default initialization; not re-initialized here
 
     def reset_parameters(self) -> None:
         for module in self.net:
-            if isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm1d):
+            if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
