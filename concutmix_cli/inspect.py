@@ -592,7 +592,9 @@ def run_inspect(
     if csv is not None:
         atomic_write_text(Path(csv), rows_csv_text(rows))
     if as_json:
-        print(json.dumps(summary))
+        from concutmix_cli.fileio import json_text
+
+        print(json_text(summary))
     else:
         _print_report(result, rows, summary, console, notes)
     return result

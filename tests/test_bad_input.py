@@ -94,14 +94,19 @@ def test_prepare_missing_source(cli, tmp_path):
 
 
 def test_prepare_full_disk(cli, tmp_path, monkeypatch):
-    from concutmix_cli.data import prepare
+    """The disk fills while train.safetensors is written (fsync is where a full disk shows on
+    delayed-allocation filesystems; safetensors' own writer reported it as an internal error)."""
+    real_fsync = os.fsync
 
-    def full(tensors, path):
-        Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", path)
+    def full(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and "train.safetensors" in \
+                os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
 
-    monkeypatch.setattr(prepare, "save_file", full)
-    code, out, err = cli("prepare", "synthetic-lt", "--n-max", "20", "--out", tmp_path / "o")
+    monkeypatch.setattr(os, "fsync", full)
+    code, out, err = cli("prepare", "synthetic-lt", "--n-max", "20", "--imbalance", "10",
+                         "--out", tmp_path / "o")
     assert code == 2
     _one_error_line(err, "No space left on device: ", "train.safetensors",
                     "(free some space and run again)")

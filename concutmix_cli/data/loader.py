@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from concutmix_cli.data.prepared import PreparedData, Split
 from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.data.views import eval_transform, training_views
+from concutmix_cli.data.workers import LOADER_TIMEOUT_S, guarded
 
 
 def _split_images(split: Split, root):
@@ -119,6 +120,7 @@ def build_train_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        timeout=LOADER_TIMEOUT_S if workers > 0 else 0,
     )
 
 
@@ -228,5 +230,6 @@ class EvalBatches:
 
         dataset = ListImageDataset(self.data.root, self.split.entries, transform=self.transform)
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
-        yield from loader
+                            pin_memory=self.device.type == "cuda",
+                            timeout=LOADER_TIMEOUT_S if self.num_workers > 0 else 0)
+        yield from guarded(loader)

@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import (
-    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file,
+    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, json_text, sha256_bytes, sha256_file,
 )
 
 WEIGHTS_FORMAT = "concutmix-weights/1"
@@ -45,7 +45,7 @@ INDEX = "checkpoints.json"
 def weights_bytes(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     meta = {"format": WEIGHTS_FORMAT, "toolkit_version": __version__}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    meta.update({k: v if isinstance(v, str) else json_text(v) for k, v in metadata.items()})
     return st_save(tensors, metadata=meta)
 
 
@@ -170,11 +170,11 @@ class RunFolder:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         rows = self.read_metrics() + [row]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json_text(r) + "\n" for r in rows))
 
     def truncate_metrics(self, epochs_done: int) -> None:
         rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json_text(r) + "\n" for r in rows))
 
     def check_new(self) -> None:
         """Raise if a new run cannot use this folder (before anything is loaded or written)."""

@@ -87,11 +87,13 @@ def _shard_batches(batches, which: range) -> Iterable[tuple[torch.Tensor, torch.
     from torch.utils.data import DataLoader
 
     from concutmix_cli.data.lists import ListImageDataset
+    from concutmix_cli.data.workers import LOADER_TIMEOUT_S, guarded
 
     dataset = ListImageDataset(batches.data.root, split.entries, transform=batches.transform)
-    yield from DataLoader(dataset, batch_sampler=[list(range(a, b)) for a, b in bounds],
-                          num_workers=batches.num_workers,
-                          pin_memory=batches.device.type == "cuda")
+    yield from guarded(DataLoader(dataset, batch_sampler=[list(range(a, b)) for a, b in bounds],
+                                  num_workers=batches.num_workers,
+                                  pin_memory=batches.device.type == "cuda",
+                                  timeout=LOADER_TIMEOUT_S if batches.num_workers > 0 else 0))
 
 
 def predict_sharded(model: torch.nn.Module, batches, device: torch.device, ctx=None,

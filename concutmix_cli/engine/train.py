@@ -21,6 +21,7 @@ from concutmix_cli.config import Config, build_config
 from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
+from concutmix_cli.data.workers import guarded
 from concutmix_cli.engine import distributed as dist_utils
 from concutmix_cli.engine import runtime
 from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, weights_bytes
@@ -264,7 +265,7 @@ class Trainer:
             yield from self.device_batches.epoch(epoch, start_step)
             return
         self.loader.batch_sampler.set_epoch(epoch, start_step)
-        for offset, batch in enumerate(self.loader):
+        for offset, batch in enumerate(guarded(self.loader)):  # no hang on a worker error
             yield start_step + offset, {
                 k: v.to(self.device, non_blocking=True) for k, v in batch.items()
             }
