@@ -154,7 +154,9 @@ def evaluate(
 ) -> None:
     """Top-1 overall, many/medium/few, per-class accuracy and ECE of trained weights."""
     from concutmix_cli.engine.evaluate import evaluate_run
+    from concutmix_cli.outputs import check_outputs
 
+    check_outputs({"--out": out}, reads=[run, *([data] if data else [])])  # before any work
     report = evaluate_run(run, data=data, split=split, device=device)
     if out is not None:
         from concutmix_cli.fileio import atomic_write_text
@@ -172,6 +174,8 @@ def evaluate(
     table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
     table.add_row("epoch", str(report.get("epoch")))
     console.print(table)
+    for note in report.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- inspect-labels

@@ -96,8 +96,11 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     stops them; otherwise Ctrl-C (sent to the whole process group) kills a worker mid-batch."""
     import signal
 
+    from concutmix_cli.engine.runlock import close_in_child
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    close_in_child()  # a worker outliving a killed main process must not keep the run locked
 
 
 def default_num_workers(device: torch.device) -> int:
