@@ -94,6 +94,14 @@ def guarded(loader: Iterable) -> Iterator:
             _forget(loader)
 
 
+def close(loader) -> None:
+    """Shut down the persistent workers of a DataLoader (end of training, any way it ends)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        shut_down(iterator)
+        _forget(loader)
+
+
 def _forget(loader) -> None:
     """A persistent-workers DataLoader keeps its iterator; drop the one that was shut down."""
     if getattr(loader, "_iterator", None) is not None:

@@ -21,6 +21,7 @@ from concutmix_cli.config import Config, build_config
 from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
+from concutmix_cli.data.workers import close as close_workers
 from concutmix_cli.data.workers import guarded
 from concutmix_cli.engine import distributed as dist_utils
 from concutmix_cli.engine import resume, runtime
@@ -447,6 +448,8 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.stop()
+            if self.loader is not None:
+                close_workers(self.loader)  # however training ends, no worker outlives it
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return rows
