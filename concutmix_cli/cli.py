@@ -20,11 +20,13 @@ from rich.table import Table
 
 from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import json_text
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: smoke]" is text, not rich markup
     help="Long-tailed image recognition with Contrastive CutMix (ConCutMix).",
 )
 console = Console()
@@ -152,14 +154,16 @@ def evaluate(
 ) -> None:
     """Top-1 overall, many/medium/few, per-class accuracy and ECE of trained weights."""
     from concutmix_cli.engine.evaluate import evaluate_run
+    from concutmix_cli.outputs import check_outputs
 
+    check_outputs({"--out": out}, reads=[run, *([data] if data else [])])  # before any work
     report = evaluate_run(run, data=data, split=split, device=device)
     if out is not None:
         from concutmix_cli.fileio import atomic_write_text
 
-        atomic_write_text(Path(out), json.dumps(report, indent=2))
+        atomic_write_text(Path(out), json_text(report, indent=2))
     if as_json:
-        typer.echo(json.dumps(report))
+        typer.echo(json_text(report))
         return
     table = Table(title=f"{report['source']} on {report['split']} ({report['num_samples']:,} images)")
     table.add_column("metric")
@@ -170,6 +174,8 @@ def evaluate(
     table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
     table.add_row("epoch", str(report.get("epoch")))
     console.print(table)
+    for note in report.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- inspect-labels
@@ -208,22 +214,53 @@ def _one_line(err: BaseException) -> str:
         what = err.strerror or str(err)
         where = f": {err.filename}" if err.filename else ""
         hint = " (free some space and run again)" if err.errno == errno.ENOSPC else ""
-        return f"{what}{where}{hint}"
-    return str(err)
+        text = f"{what}{where}{hint}"
+    else:
+        text = str(err)
+    return " ".join(text.split())  # one line, whatever the message holds
+
+
+def _click_exceptions():
+    """Typer's bundled click (typer >= 0.17), else click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer depends on click
+        from click import exceptions
+    return exceptions
+
+
+def _usage_line(err) -> str:
+    """A click usage error (bad option value, unknown command or option) as our one line."""
+    ctx = getattr(err, "ctx", None)
+    where = ctx.command_path if ctx is not None else "concutmix"
+    return f"{_one_line(Exception(err.format_message()))} (see `{where} --help`)"
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
+    click_exc = _click_exceptions()
     try:
-        app()
+        # not standalone: usage errors come back to us instead of as click's boxed message
+        code = app(standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as err:  # `concutmix` or a group without arguments
+        typer.echo(err.format_message())
+        sys.exit(2)
+    except click_exc.ClickException as err:  # usage errors: bad value, unknown option/command
+        if debug:
+            raise
+        _fail(_usage_line(err), 2)
     except (UserError, OSError) as err:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(_one_line(err), 2)
+    except (KeyboardInterrupt, typer.Abort):
         if debug:
             raise
         err_console.print("[bold red]interrupted[/]", highlight=False)
@@ -232,9 +269,10 @@ def main() -> None:
         if debug:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        err_console.print(
-            f"[bold red]error:[/] internal error: {escape(type(err).__name__)}: {escape(first)} "
-            "(run again with --debug for the traceback, and please report it)",
-            highlight=False, soft_wrap=True,
-        )
-        sys.exit(1)
+        _fail(f"internal error: {type(err).__name__}: {first} "
+              "(run again with --debug for the traceback, and please report it)", 1)
+    else:
+        if code == 130:  # typer turns Ctrl-C during a command into exit code 130
+            err_console.print("[bold red]interrupted[/]", highlight=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)

@@ -16,12 +16,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import json_text
 
 METHODS = ("ce", "cutmix", "bcl", "concutmix")
 
+# Upper bounds of counts and sizes: far above any real run, low enough that a typo (an extra
+# zero, a seed of 1e300) is refused at once instead of exhausting memory or processes.
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's SeedSequence take it; negatives they do not
+MAX_WORKERS = 256
+MAX_BATCH = 1 << 20
+MAX_WIDTH = 1 << 16
+MAX_EPOCHS = 100_000
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `--set optim.lr=inf` or `nan` in a preset is refused with the key
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -34,14 +44,14 @@ class DataConfig(_Section):
     augment_on: Literal["loader", "device"] = "loader"
     """`loader`: torchvision transforms on PIL images in DataLoader workers; `device`: batched on the
     training device (CIFAR-sized in-memory data only)."""
-    num_workers: int = Field(-1, ge=-1)
+    num_workers: int = Field(-1, ge=-1, le=MAX_WORKERS)
     """DataLoader worker processes; -1 picks from the machine (CPU count, capped)."""
     prefetch: bool = False
     """Device path only: make the next step's views in a background thread while this step trains
     (identical batches). Meant for CUDA, where the views are bound by the CPU launching small
     kernels and could overlap with the backward pass; not yet measured on a GPU, so off by default
     (benchmarks/gpu_check.sh measures both). On CPU it only shares the same cores."""
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
 
 
 class ModelConfig(_Section):
@@ -52,15 +62,15 @@ class ModelConfig(_Section):
     The class prototypes are g' of each class's weight vector either way (docs/method-notes.md)."""
     cosine_scale: float = Field(30.0, gt=0)
     """s of the cosine classifier (unused by the linear one)."""
-    proj_hidden: int = Field(512, ge=1)
-    proj_dim: int = Field(128, ge=1)
+    proj_hidden: int = Field(512, ge=1, le=MAX_WIDTH)
+    proj_dim: int = Field(128, ge=1, le=MAX_WIDTH)
     sync_batchnorm: bool = False
     """Convert BatchNorm to SyncBatchNorm under torchrun (DDP)."""
 
 
 class OptimConfig(_Section):
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(200, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH)
     """Global batch size: under torchrun each of the G processes takes batch_size / G."""
     lr: float = Field(0.15, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -94,7 +104,7 @@ class MethodConfig(_Section):
     """lambda ~ Beta(cutmix_beta, cutmix_beta)."""
     omega: float = Field(20 / 255, ge=0)
     top_k: int = Field(30, ge=1)
-    rectify_after_epoch: int = Field(100, ge=-1)
+    rectify_after_epoch: int = Field(100, ge=-1, le=MAX_EPOCHS)
     """E_r: mixed batches are rectified in the 0-based epochs AFTER this one (epoch > E_r, as the
     reference code tests it), so epochs 0..E_r use the lambda-weighted loss of the two labels;
     -1 rectifies from the first epoch."""
@@ -102,7 +112,7 @@ class MethodConfig(_Section):
 
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     deterministic: bool = False
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """auto: bf16 on CUDA cards that support it, fp16 with a grad scaler on older cards, fp32 on CPU."""
@@ -135,7 +145,7 @@ class Config(_Section):
         return self
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(), indent=2, sort_keys=True)
+        return json_text(self.model_dump(), indent=2, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- presets
@@ -295,6 +305,11 @@ def build_config(
     if preset is not None:
         raw = load_preset_dict(preset)
     sources: dict[str, str] = {}
+    for section, value in raw.items():  # `optim = 3` in a preset: not a table
+        if section in Config.model_fields and section != "preset" and not isinstance(value, dict):
+            where = f"preset {preset}" if preset else "config"
+            raise UserError(f"{where}: '{section}' must be a table ([{section}] with keys), "
+                            f"got {value!r}")
     for dotted, value in (shortcuts or {}).items():
         if value is None:
             continue

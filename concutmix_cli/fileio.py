@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 TMP_SUFFIX = ".tmp"
 
@@ -37,7 +40,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; others get what the umask allows
         os.replace(tmp, path)
     except BaseException as err:
         try:
@@ -70,3 +73,47 @@ def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file under the current umask (0644 for umask 022, 0664 for
+    002): what we write is as shareable as the user's other files, not private to them."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode `mkdir` gives a new folder under the current umask (mkdtemp makes 0700)."""
+    return 0o777 & ~_umask()
+
+
+def _first_non_finite(value: Any, where: str = "") -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value"
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for key, item in items:
+        found = _first_non_finite(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """json.dumps that never writes NaN or Infinity (not JSON; other readers reject them).
+
+    A non-finite number is a bug upstream (inputs are checked where they enter): the error names
+    the key instead of writing a file that other tools cannot read."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError:
+        where = _first_non_finite(obj)
+        if where is None:
+            raise
+        raise ValueError(f"refusing to write a non-finite number (NaN or Infinity) at '{where}' "
+                         "as JSON") from None

@@ -28,6 +28,7 @@ import torch
 from concutmix_cli import __version__
 from concutmix_cli.data.prepared import PreparedData
 from concutmix_cli.data.sampling import ClassBalancedSampler, counter_rng, counter_seed
+from concutmix_cli.config import MAX_SEED
 from concutmix_cli.engine.step import rectifies
 from concutmix_cli.errors import UserError
 from concutmix_cli.mixing import area_labels as make_area_labels
@@ -58,6 +59,14 @@ GROUPS = ("many", "medium", "few")
 # so that an inspection with seed S never replays the draws of a training run with seed S.
 _INSPECT_STREAM = 1001
 _BACKGROUND, _FOREGROUND, _LAMBDA, _VIEWS = 0, 1, 2, 3
+
+MAX_NUM = 4096
+"""Samples drawn at once: they are held in memory (about 50 KB each for 32x32 CIFAR views with
+the model's outputs); more is a typo or wants several --seed values."""
+MAX_NUM_LARGE = 256
+"""The same for 224x224 (ImageNet-like) views, 49 times larger."""
+MAX_TILES = 256
+"""Tiles of the --image grid (a larger PNG is too big to look at)."""
 
 TILE_MIN_SIDE = 128
 """Images smaller than this are upscaled (nearest, integer factor) in the PNG grid."""
@@ -100,7 +109,8 @@ def _image_reader(data: PreparedData):
 
 
 def draw_mixed_samples(
-    data: PreparedData, num: int, seed: int, views_kind: str = "cifar", cutmix_beta: float = 1.0
+    data: PreparedData, num: int, seed: int, views_kind: str = "cifar", cutmix_beta: float = 1.0,
+    progress: bool = False,
 ) -> MixedSamples:
     """Draw `num` CutMix samples from the training split, reproducibly from `seed`.
 
@@ -124,8 +134,13 @@ def draw_mixed_samples(
     read = _image_reader(data)
     view = classification_view(views_kind, data.mean, data.std)
     backgrounds, foregrounds = [], []
+    triples = zip(index_a, index_b, view_seeds)
+    if progress:
+        from concutmix_cli.progress import tracked
+
+        triples = tracked(triples, num, "drawing mixed samples")
     with torch.random.fork_rng(devices=[]):
-        for a, b, s in zip(index_a, index_b, view_seeds):
+        for a, b, s in triples:
             torch.manual_seed(int(s))
             backgrounds.append(view(read(int(a))))
             foregrounds.append(view(read(int(b))))
@@ -218,6 +233,7 @@ def inspect_labels(
     cutmix_beta: float = 1.0,
     batch_size: int = 256,
     train_mode_prototypes: bool = False,
+    progress: bool = False,
 ) -> InspectResult:
     """Draw `num` mixed samples, run `model` in eval mode, rectify their area labels.
 
@@ -231,7 +247,7 @@ def inspect_labels(
     """
     validate_settings(num, omega, top_k, data.num_classes)
     device = torch.device(device)
-    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta)
+    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta, progress=progress)
     num_classes = data.num_classes
     counts = torch.tensor(data.train_counts, dtype=torch.float32)
 
@@ -520,6 +536,16 @@ def _print_report(result: InspectResult, rows: list[dict[str, Any]], summary: di
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
+def _check_num(num: int, limit: int, image: Path | None) -> None:
+    if num > limit:
+        raise UserError(f"--num {num:,} is more than the {limit:,} samples inspect-labels draws at "
+                        f"once (they are held in memory); use --num {limit} or less, and other "
+                        "--seed values for more")
+    if image is not None and num > MAX_TILES:
+        raise UserError(f"--image draws at most {MAX_TILES} tiles (got --num {num:,}); use a "
+                        f"smaller --num with --image, or --csv / --out for many samples")
+
+
 def run_inspect(
     run: Path,
     data: Path | None = None,
@@ -537,21 +563,25 @@ def run_inspect(
     """The `inspect-labels` command: load, inspect, print, write. Errors are `UserError`s."""
     from rich.console import Console
 
-    from concutmix_cli.data.prepared import load_prepared
     from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
-    from concutmix_cli.engine.evaluate import check_data_matches, load_trained_model, resolve_weights
+    from concutmix_cli.outputs import check_outputs
+    from concutmix_cli.engine.evaluate import (
+        check_data_matches, load_data_of, load_trained_model, resolve_weights,
+    )
     from concutmix_cli.engine.runtime import resolve_device
 
     console = console or Console()
     if num < 1:
         raise UserError(f"--num must be at least 1 (got {num})")
-    for option, path in (("--out", out), ("--image", image), ("--csv", csv)):
-        if path is not None and Path(path).is_dir():
-            raise UserError(f"{option} {path} is a folder; give a file name")
+    _check_num(num, MAX_NUM, image)
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED} (got {seed})")
+    check_outputs({"--out": out, "--image": image, "--csv": csv},
+                  reads=[Path(run), *([Path(data)] if data else [])])
     torch_device = resolve_device(device)
     weights = resolve_weights(Path(run))
     model, cfg, meta = load_trained_model(weights, torch_device)
-    prepared = load_prepared(Path(data) if data is not None else Path(cfg.data.path))
+    prepared, _ = load_data_of(weights, cfg, meta, data)  # its note: below, with the others
     check_data_matches(meta, prepared)
     trained_classes = meta.get("classes")
     if isinstance(trained_classes, list) and list(trained_classes) != prepared.classes:
@@ -559,6 +589,8 @@ def run_inspect(
             f"the classes of {weights} differ from those of {prepared.folder} (same count, "
             "other names or order); pass the --data the model was trained on"
         )
+    if cfg.data.views != "cifar":
+        _check_num(num, MAX_NUM_LARGE, image)
     omega_v = cfg.method.omega if omega is None else float(omega)
     top_k_v = cfg.method.top_k if top_k is None else int(top_k)
     validate_settings(num, omega_v, top_k_v, prepared.num_classes)
@@ -566,6 +598,7 @@ def run_inspect(
     result = inspect_labels(
         model, prepared, num, seed, omega_v, top_k_v, torch_device, views_kind=cfg.data.views,
         cutmix_beta=cfg.method.cutmix_beta, batch_size=cfg.data.eval_batch_size,
+        progress=num >= 256,
     )
     epoch = meta.get("epoch")
     result.meta.update({
@@ -594,7 +627,9 @@ def run_inspect(
     if csv is not None:
         atomic_write_text(Path(csv), rows_csv_text(rows))
     if as_json:
-        print(json.dumps(summary))
+        from concutmix_cli.fileio import json_text
+
+        print(json_text(summary))
     else:
         _print_report(result, rows, summary, console, notes)
     return result

@@ -20,6 +20,41 @@ def tiny_synthetic(folder: Path, **kwargs) -> Path:
     return prepare("synthetic-lt", out=folder, **options).out
 
 
+def one_error_line(err: str, *fragments: str) -> None:
+    """stderr is exactly one line, `error: ...`, holding each fragment, and no traceback."""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes (to compare a folder before and after)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file()}
+
+
+def one_epoch_run(folder: Path, data: Path, *overrides: str) -> Path:
+    """A run folder as `train` leaves it after one epoch (smoke preset, batch 16, CPU; the
+    weights are untrained: the tests that use it need the files, not a model)."""
+    import shutil
+
+    from concutmix_cli.config import build_config
+    from concutmix_cli.engine.checkpoint import RunFolder
+    from concutmix_cli.engine.train import Trainer
+    from concutmix_cli.fileio import atomic_write_text
+
+    cfg = build_config(preset="smoke", overrides=[f"data.path='{data}'", "optim.batch_size=16",
+                                                  "data.num_workers=0", "runtime.device='cpu'",
+                                                  *overrides])
+    run = RunFolder(folder)
+    run.create()
+    atomic_write_text(run.config_path, cfg.to_json())
+    shutil.copyfile(Path(data) / "manifest.json", run.path / "manifest.json")
+    Trainer(cfg, run).save_checkpoint(1)
+    return run.path
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return tiny_synthetic(tmp_path_factory.mktemp("data") / "synthetic")

@@ -17,22 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_synthetic
+from tests.conftest import one_epoch_run, tiny_synthetic
+from tests.conftest import one_error_line as _one_error_line
+from tests.conftest import tree as _tree
 
 FAST = ["--batch-size", "16", "--device", "cpu", "--set", "runtime.max_steps_per_epoch=1",
         "--set", "data.num_workers=0"]
-
-
-def _one_error_line(err: str, *fragments: str) -> None:
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-
-
-def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
 
 
 def _no_temporaries(folder: Path) -> None:
@@ -52,19 +42,7 @@ def data3(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run4(data4, tmp_path_factory) -> Path:
     """A run folder as `train` leaves it after one epoch (weights untrained: not needed here)."""
-    from concutmix_cli.config import build_config
-    from concutmix_cli.engine.checkpoint import RunFolder
-    from concutmix_cli.fileio import atomic_write_text
-    from concutmix_cli.engine.train import Trainer
-
-    cfg = build_config(preset="smoke", overrides=[f"data.path='{data4}'", "optim.batch_size=16",
-                                                  "data.num_workers=0", "runtime.device='cpu'"])
-    run = RunFolder(tmp_path_factory.mktemp("bad") / "run4")
-    run.create()
-    atomic_write_text(run.config_path, cfg.to_json())
-    shutil.copyfile(data4 / "manifest.json", run.path / "manifest.json")
-    Trainer(cfg, run).save_checkpoint(1)
-    return run.path
+    return one_epoch_run(tmp_path_factory.mktemp("bad") / "run4", data4)
 
 
 def _edited_copy(data: Path, dest: Path, edit) -> Path:
@@ -94,14 +72,19 @@ def test_prepare_missing_source(cli, tmp_path):
 
 
 def test_prepare_full_disk(cli, tmp_path, monkeypatch):
-    from concutmix_cli.data import prepare
+    """The disk fills while train.safetensors is written (fsync is where a full disk shows on
+    delayed-allocation filesystems; safetensors' own writer reported it as an internal error)."""
+    real_fsync = os.fsync
 
-    def full(tensors, path):
-        Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device", path)
+    def full(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and "train.safetensors" in \
+                os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
 
-    monkeypatch.setattr(prepare, "save_file", full)
-    code, out, err = cli("prepare", "synthetic-lt", "--n-max", "20", "--out", tmp_path / "o")
+    monkeypatch.setattr(os, "fsync", full)
+    code, out, err = cli("prepare", "synthetic-lt", "--n-max", "20", "--imbalance", "10",
+                         "--out", tmp_path / "o")
     assert code == 2
     _one_error_line(err, "No space left on device: ", "train.safetensors",
                     "(free some space and run again)")

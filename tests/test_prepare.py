@@ -165,7 +165,8 @@ def test_existing_output_needs_force(cli, tmp_path):
     out = tiny_synthetic(tmp_path / "d")
     code, _, err = cli("prepare", "synthetic-lt", "--out", out)
     assert code == 2 and "--force" in err
-    code, _, err = cli("prepare", "synthetic-lt", "--out", out, "--force", "--n-max", "30")
+    code, _, err = cli("prepare", "synthetic-lt", "--out", out, "--force", "--n-max", "30",
+                       "--imbalance", "10")
     assert code == 0, err
     assert read_manifest(out)["train_counts"][0] == 30 and _leftovers(out) == []
 

@@ -43,6 +43,8 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
     """Entries of a split list and the 1-based file line number of each entry."""
     entries: list[tuple[str, int]] = []
     line_numbers: list[int] = []
+    first_seen: dict[str, int] = {}
+    duplicates: list[tuple[int, int, str]] = []  # (line, first line, path)
     lineno = 0
     fix = "each line must be 'relative/path label' with an integer label >= 0"
     try:
@@ -70,6 +72,15 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
                         f"{what} {path} line {lineno}: absolute path '{_short(rel)}'; list paths "
                         "must be relative to the image root (--root)"
                     )
+                norm = os.path.normpath(rel)
+                if norm == os.pardir or norm.startswith(os.pardir + os.sep) or norm == os.curdir:
+                    raise UserError(
+                        f"{what} {path} line {lineno}: '{_short(rel)}' points outside the image "
+                        "root; list paths must name files inside --root (no '..' above it)"
+                    )
+                if norm in first_seen:
+                    duplicates.append((lineno, first_seen[norm], rel))
+                first_seen.setdefault(norm, lineno)
                 entries.append((rel, int(label_text)))
                 line_numbers.append(lineno)
     except UnicodeDecodeError:
@@ -79,6 +90,13 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
     except OSError as err:
         reason = err.strerror or str(err)
         raise UserError(f"{what} {path}: cannot read ({reason}); check the path") from None
+    if duplicates:
+        line, first, rel = duplicates[0]
+        raise UserError(
+            f"{what} {path} line {line}: '{_short(rel)}' is already listed on line {first} "
+            f"({len(duplicates)} duplicate line(s) in all); each image may be listed once: "
+            "remove the duplicates"
+        )
     return entries, line_numbers
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from concutmix_cli.data.prepared import PreparedData, Split
 from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.data.views import eval_transform, training_views
+from concutmix_cli.data.workers import LOADER_TIMEOUT_S, guarded
 
 
 def _split_images(split: Split, root):
@@ -95,8 +96,11 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     stops them; otherwise Ctrl-C (sent to the whole process group) kills a worker mid-batch."""
     import signal
 
+    from concutmix_cli.engine.runlock import close_in_child
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    close_in_child()  # a worker outliving a killed main process must not keep the run locked
 
 
 def default_num_workers(device: torch.device) -> int:
@@ -119,6 +123,7 @@ def build_train_loader(
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_ignore_stop_signals if workers > 0 else None,
+        timeout=LOADER_TIMEOUT_S if workers > 0 else 0,
     )
 
 
@@ -228,5 +233,6 @@ class EvalBatches:
 
         dataset = ListImageDataset(self.data.root, self.split.entries, transform=self.transform)
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
-        yield from loader
+                            pin_memory=self.device.type == "cuda",
+                            timeout=LOADER_TIMEOUT_S if self.num_workers > 0 else 0)
+        yield from guarded(loader)

@@ -84,6 +84,24 @@ def finalize_manifest(fields: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def prepared_files(folder: Path) -> set[str] | None:
+    """The names `prepare` wrote in `folder` (manifest.json and the files it lists), or None if
+    its manifest.json does not say it is a concutmix prepared dataset (of any version)."""
+    try:
+        body = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    fmt = body.get("format") if isinstance(body, dict) else None
+    if not (isinstance(fmt, str) and fmt.startswith(MANIFEST_FORMAT.split("/")[0] + "/")):
+        return None
+    names = {MANIFEST}
+    for listing in (body.get("splits"), body.get("files")):
+        if isinstance(listing, dict):
+            names |= {str(v) for v in listing.values() if isinstance(v, str)}
+            names |= {str(k) for k in listing if listing is body.get("files")}
+    return {n for n in names if "/" not in n and n not in ("", ".", "..")}
+
+
 def read_manifest(folder: Path, verify: bool = True) -> dict[str, Any]:
     """Read and check OUT/manifest.json of a prepared folder."""
     path = Path(folder) / MANIFEST

@@ -8,7 +8,7 @@ and the image root.
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 import os
 import shutil
 import tempfile
@@ -18,16 +18,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from concutmix_cli.data import longtail, sources
 from concutmix_cli.errors import UserError
-from concutmix_cli.fileio import sha256_file
+from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text, folder_mode, json_text, sha256_bytes
 
 ARRAY_DATASETS = ("cifar10-lt", "cifar100-lt", "synthetic-lt")
 LIST_DATASETS = ("imagenet-lt", "places-lt", "inat2018")
 DATASETS = ARRAY_DATASETS + LIST_DATASETS
 SYNTHETIC_N_MAX = 200
+MAX_SEED = 2**32 - 1
+"""The LDAM-DRW selection seeds numpy's legacy RNG, which takes 0 .. 2**32 - 1."""
+MAX_SYNTHETIC_IMAGES = 100_000
+"""synthetic-lt is built in memory as float32 (12 KB an image): a cap that keeps it near 1 GB."""
 
 
 @dataclass
@@ -58,15 +62,14 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def _save_split(folder: Path, name: str, images: np.ndarray, labels: np.ndarray) -> str:
-    path = folder / f"{name}.safetensors"
-    save_file(
-        {
-            "images": torch.from_numpy(np.ascontiguousarray(images)),
-            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
-        },
-        str(path),
-    )
-    return sha256_file(path)
+    # serialized here and written by our writer: safetensors' own file writer reports a full
+    # disk as a SafetensorError, not as the OSError that names the file
+    data = save({
+        "images": torch.from_numpy(np.ascontiguousarray(images)),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+    })
+    atomic_write_bytes(folder / f"{name}.safetensors", data)
+    return sha256_bytes(data)
 
 
 def _stage_arrays(
@@ -98,25 +101,112 @@ def _stage_arrays(
     }
 
 
-def _write_atomically(out: Path, stage: callable, force: bool) -> None:
-    """Build the folder under a temporary sibling name, then rename it into place."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+        return True
+    except ValueError:
+        return False
+
+
+def check_replaceable(out: Path, force: bool, inputs: dict[str, Path | None]) -> None:
+    """Refuse to write `out` unless it is absent, empty, or (with --force) a prepared dataset
+    that holds only what prepare wrote and none of this command's inputs.
+
+    `--force` deletes the old folder, so it must never hit a user's own folder: a folder is
+    replaceable only if its manifest.json says it is a concutmix prepared dataset."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return
+    if not force:
         raise UserError(f"{out} already exists and is not empty; pass --force to replace it")
+    owned = longtail.prepared_files(out)
+    if owned is None:
+        raise UserError(
+            f"--out {out} is not a prepared dataset (no concutmix manifest.json), and --force "
+            "only replaces folders written by `concutmix prepare`; choose another --out"
+        )
+    foreign = [name for name in present if name not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UserError(
+            f"--out {out} holds {len(foreign)} file(s) that prepare did not write ({shown}); "
+            "--force would delete them: move them away or choose another --out"
+        )
+    for option, path in inputs.items():
+        if path is not None and _inside(path, out):
+            raise UserError(f"{option} {path} is inside --out {out}, which --force would "
+                            f"replace; choose another --out")
+
+
+def _write_atomically(out: Path, stage: callable, force: bool,
+                      inputs: dict[str, Path | None] | None = None) -> None:
+    """Build the folder under a temporary sibling name, then rename it into place; on any
+    failure the old folder (if any) is back in place and no temporary folder is left."""
+    out = Path(os.path.abspath(out))  # `--out .` has a name and a parent once absolute
+    if out == out.parent:
+        raise UserError(f"--out {out}: the filesystem root cannot be a dataset folder")
+    check_replaceable(out, force, inputs or {})
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    trash: Path | None = None
     try:
         stage(staging)
+        os.chmod(staging, folder_mode())  # mkdtemp makes 0700: share as the umask allows
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(staging, out)
+            except BaseException:
+                os.replace(trash / "old", out)  # put the old dataset back
+                raise
         else:
             os.replace(staging, out)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        for leftover in (staging, trash):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def check_numbers(dataset: str, imbalance: float, seed: int, classes: int,
+                  n_max: int | None) -> None:
+    """Every number of `prepare`, before anything is read or written."""
+    if not math.isfinite(imbalance):
+        raise UserError(f"--imbalance must be a finite number (got {imbalance:g})")
+    if imbalance < 1:
+        raise UserError(f"--imbalance must be at least 1 (got {imbalance:g})")
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED} (got {seed})")
+    if n_max is not None and n_max < 1:
+        raise UserError(f"--n-max must be at least 1 (got {n_max})")
+    if dataset == "synthetic-lt":
+        if not 2 <= classes <= 1000:
+            raise UserError(f"--classes must be between 2 and 1000 (got {classes})")
+        pool = classes * ((n_max or SYNTHETIC_N_MAX) + 50)
+        if pool > MAX_SYNTHETIC_IMAGES:
+            raise UserError(
+                f"synthetic-lt with --classes {classes} and --n-max {n_max} would build "
+                f"{pool:,} images; the built-in generator is capped at {MAX_SYNTHETIC_IMAGES:,}"
+            )
+    if dataset in sources.CIFAR_N_MAX and n_max is not None and n_max > sources.CIFAR_N_MAX[dataset]:
+        raise UserError(f"--n-max {n_max}: {dataset} has {sources.CIFAR_N_MAX[dataset]} "
+                        f"training images per class")
+    if dataset in ARRAY_DATASETS:
+        largest = n_max or (SYNTHETIC_N_MAX if dataset == "synthetic-lt"
+                            else sources.CIFAR_N_MAX[dataset])
+        counts = longtail.exponential_counts(largest, classes if dataset == "synthetic-lt"
+                                             else sources.CIFAR_CLASSES[dataset], imbalance)
+        if min(counts) < 1:
+            raise UserError(
+                f"--imbalance {imbalance:g} with {largest} images in the largest class leaves "
+                f"class {counts.index(min(counts))} with no training image; use a smaller --imbalance "
+                f"(at most {largest})"
+            )
 
 
 def prepare(
@@ -137,8 +227,7 @@ def prepare(
     """Build `out` for `dataset`; returns the manifest that was written."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
-    if imbalance < 1:
-        raise UserError(f"--imbalance must be at least 1 (got {imbalance:g})")
+    check_numbers(dataset, imbalance, seed, classes, n_max)
     out = Path(out) if out is not None else default_out(dataset, imbalance)
 
     def stage(staging: Path) -> None:
@@ -177,11 +266,14 @@ def prepare(
                 **fields,
             }
         )
-        (staging / longtail.MANIFEST).write_text(json.dumps(manifest, indent=1))
+        atomic_write_text(staging / longtail.MANIFEST, json_text(manifest, indent=1))
         result["manifest"] = manifest
 
     result: dict[str, Any] = {}
-    _write_atomically(out, stage, force)
+    downloads = dataset in sources.CIFAR_N_MAX and source is None
+    inputs = {"--source": source, "--root": root or (Path("data/torchvision") if downloads else None),
+              "--train-list": train_list, "--val-list": val_list, "--test-list": test_list}
+    _write_atomically(out, stage, force, {k: Path(v) for k, v in inputs.items() if v is not None})
     return PrepareResult(out=out, manifest=result["manifest"])
 
 

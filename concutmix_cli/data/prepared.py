@@ -108,4 +108,12 @@ def load_prepared(folder: Path | str, verify: bool = True, root: Path | None = N
     data = PreparedData(folder, manifest, splits["train"], splits.get("test"), splits.get("val"))
     if len(data.train) != sum(data.train_counts):
         raise UserError(f"{folder}: the training split does not match the manifest's counts")
+    for name, split in (("test", data.test), ("val", data.val)):
+        if split is not None and split.images is not None and data.train.images is not None \
+                and split.images.shape[1:] != data.train.images.shape[1:]:
+            raise UserError(
+                f"{folder}: the {name} images are {list(split.images.shape[1:3])} but the "
+                f"training images are {list(data.train.images.shape[1:3])}; prepare the data "
+                "again from a source whose splits have one image size"
+            )
     return data

@@ -45,9 +45,18 @@ def _check_arrays(src: ArraySource, origin: str, num_classes: int) -> ArraySourc
                 f"{origin}: {split} labels out of range 0..{num_classes - 1} "
                 f"(found {int(y.min())}..{int(y.max())})"
             )
+    if src.train_x.shape[1:] != src.test_x.shape[1:]:
+        raise UserError(
+            f"{origin}: test images are {_size(src.test_x)} but training images are "
+            f"{_size(src.train_x)}; both splits must have one image size"
+        )
     src.train_y = src.train_y.astype(np.int64)
     src.test_y = src.test_y.astype(np.int64)
     return src
+
+
+def _size(images: np.ndarray) -> str:
+    return f"{images.shape[1]}x{images.shape[2]}"
 
 
 def load_npz(path: Path, dataset: str) -> ArraySource:
@@ -59,7 +68,13 @@ def load_npz(path: Path, dataset: str) -> ArraySource:
     if not path.is_file():
         raise UserError(f"--source {path}: file not found")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise UserError(
+                f"--source {path}: a single array (.npy), not an .npz archive; save the splits "
+                f"with numpy.savez(FILE, {'=..., '.join(NPZ_KEYS)}=...)"
+            )
+        with archive:
             missing = [k for k in NPZ_KEYS if k not in archive.files]
             if missing:
                 raise UserError(

@@ -30,13 +30,14 @@ from safetensors.torch import save as st_save
 from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import (
-    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file,
+    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, json_text, sha256_bytes, sha256_file,
 )
 
 WEIGHTS_FORMAT = "concutmix-weights/1"
 INDEX = "checkpoints.json"
-
-
+INTEGRITY = "integrity"
+"""Metadata key of the checksums a run's weights file carries about itself (and, for a checkpoint,
+about its resume state), so that a lost checkpoints.json can be rebuilt from verified files."""
 
 
 # ----------------------------------------------------------------------------- weights
@@ -45,7 +46,7 @@ INDEX = "checkpoints.json"
 def weights_bytes(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> bytes:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     meta = {"format": WEIGHTS_FORMAT, "toolkit_version": __version__}
-    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    meta.update({k: v if isinstance(v, str) else json_text(v) for k, v in metadata.items()})
     return st_save(tensors, metadata=meta)
 
 
@@ -80,7 +81,43 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             decoded[key] = json.loads(value)
         except (json.JSONDecodeError, TypeError):
             decoded[key] = value
+    record = decoded.pop(INTEGRITY, None)  # not the model's metadata: checked here
+    if isinstance(record, dict) and record.get("tensors_sha256") != sha256_bytes(
+            raw[8 + header_len:]):
+        raise UserError(f"{path}: its tensors do not match the checksum the file records (damaged "
+                        "or modified); use an intact checkpoint")
     return tensors, decoded
+
+
+def _split_header(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header, tensor bytes) of a safetensors blob."""
+    length = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + length]), raw[8 + length :]
+
+
+def with_integrity(weights: bytes, **extra: Any) -> bytes:
+    """The same weights file with an `integrity` metadata record: the sha256 of its tensor bytes
+    and `extra` (a checkpoint adds its epoch, step and the sha256 of its resume state). Only the
+    header changes; the tensors are not re-serialized."""
+    header, data = _split_header(weights)
+    meta = dict(header.get("__metadata__") or {})
+    meta[INTEGRITY] = json_text({"tensors_sha256": sha256_bytes(data), **extra}, sort_keys=True)
+    header["__metadata__"] = meta
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors keeps the tensor bytes 8-byte aligned
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def integrity_record(path: Path) -> dict[str, Any] | None:
+    """The integrity record of a weights file if its tensor bytes still match it, else None."""
+    try:
+        header, data = _split_header(Path(path).read_bytes())
+        record = json.loads(header["__metadata__"][INTEGRITY])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record, dict) or record.get("tensors_sha256") != sha256_bytes(data):
+        return None
+    return record
 
 
 def recorded_checksums(path: Path) -> tuple[Path, set[str]] | None:
@@ -170,15 +207,18 @@ class RunFolder:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         rows = self.read_metrics() + [row]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json_text(r) + "\n" for r in rows))
 
     def truncate_metrics(self, epochs_done: int) -> None:
         rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs_done]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics_path, "".join(json_text(r) + "\n" for r in rows))
 
     def check_new(self) -> None:
         """Raise if a new run cannot use this folder (before anything is loaded or written)."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+        from concutmix_cli.engine.runlock import LOCK_NAME
+
+        if self.path.exists() and (not self.path.is_dir() or any(
+                p.name != LOCK_NAME for p in self.path.iterdir())):
             raise UserError(
                 f"run folder {self.path} already exists and is not empty; "
                 f"use --resume {self.path} to continue it, or choose another --out"
@@ -238,6 +278,7 @@ class RunFolder:
 
     def write_best(self, weights: bytes) -> None:
         """Write best.safetensors; its sha256 is recorded with the next checkpoint."""
+        weights = with_integrity(weights)
         atomic_write_bytes(self.best_weights, weights)
         self._best_sha256 = sha256_bytes(weights)
 
@@ -257,9 +298,12 @@ class RunFolder:
         by a graceful stop) until the next checkpoint replaces it. A process killed anywhere in
         here leaves the previous index, whose files are all intact (each write is atomic, and
         files are deleted only after the new index is in place)."""
-        name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+        name = _checkpoint_name(epoch, step)
         folder = self.path / "checkpoints"
         weights_path, state_path = folder / f"{name}.safetensors", folder / f"{name}.state.pt"
+        # the weights carry their own checksums and their state's: an index lost later can be
+        # rebuilt from verified files (`recover_index`)
+        weights = with_integrity(weights, epoch=epoch, step=step, state_sha256=sha256_bytes(state))
         atomic_write_bytes(weights_path, weights)
         atomic_write_bytes(state_path, state)
         atomic_write_bytes(self.last_weights, weights)
@@ -278,14 +322,70 @@ class RunFolder:
         files = {**old.get("files", {}), "last.safetensors": entry["weights_sha256"]}
         if self._best_sha256 is not None:
             files["best.safetensors"] = self._best_sha256
-        atomic_write_text(self.index_path,
-                          json.dumps({"checkpoints": kept, "files": files}, indent=1))
+        self._write_index(kept, files)
         in_use = {e[key] for e in kept for key in ("weights", "state")}
         for gone in previous:
             for key in ("weights", "state"):
                 if gone[key] not in in_use:
                     (self.path / gone[key]).unlink(missing_ok=True)
         return entry
+
+    def _write_index(self, entries: list[dict[str, Any]], files: dict[str, str]) -> None:
+        atomic_write_text(self.index_path,
+                          json_text({"checkpoints": entries, "files": files}, indent=1))
+
+    def recover_index(self) -> list[str]:
+        """Rebuild a missing checkpoints.json from the checkpoints' own integrity records.
+
+        Without it, resume would take the run as never checkpointed, start over and overwrite
+        intact checkpoints. Each checkpoint is taken only if its weights match their recorded
+        tensor checksum and its state file the recorded state checksum; if checkpoints exist and
+        none verifies, resume stops (UserError) with nothing changed. Returns what it did."""
+        folder = self.path / "checkpoints"
+        if self.index_path.exists() or not folder.is_dir():
+            return []
+        candidates = sorted(folder.glob("epoch-*.safetensors"))
+        if not candidates and not any(folder.glob("epoch-*.state.pt")):
+            return []
+        entries, damaged, unfinished = [], [], []
+        for weights_path in candidates:
+            record = integrity_record(weights_path)
+            epoch, step = (record or {}).get("epoch"), (record or {}).get("step")
+            if not isinstance(epoch, int) or not isinstance(step, int) or \
+                    weights_path.name != f"{_checkpoint_name(epoch, step)}.safetensors":
+                damaged.append(f"{weights_path} has no intact checksum record")
+                continue
+            state_path = weights_path.with_name(f"{_checkpoint_name(epoch, step)}.state.pt")
+            if not state_path.is_file():  # killed between the two writes: never completed
+                unfinished.append(f"{weights_path.name} was never completed (no state file); "
+                                  "ignored")
+                continue
+            if sha256_file(state_path) != record.get("state_sha256"):
+                damaged.append(f"{state_path} is truncated or modified")
+                continue
+            entries.append({
+                "epoch": epoch, "step": step,
+                "weights": weights_path.relative_to(self.path).as_posix(),
+                "weights_sha256": sha256_file(weights_path),
+                "state": state_path.relative_to(self.path).as_posix(),
+                "state_sha256": record["state_sha256"],
+            })
+        notes = damaged + unfinished
+        if not entries and not damaged:  # only an unfinished first checkpoint: start over
+            return notes
+        if not entries:
+            raise UserError(
+                f"{self.path}: has checkpoints but no {INDEX}, and none can be verified without it "
+                f"({'; '.join(notes)}); nothing was changed: restore {INDEX} from a backup, or "
+                f"start a new run with --out"
+            )
+        entries.sort(key=lambda e: (e["epoch"], e["step"]))
+        files = {"last.safetensors": entries[-1]["weights_sha256"]}
+        if self.best_weights.is_file() and integrity_record(self.best_weights) is not None:
+            files["best.safetensors"] = sha256_file(self.best_weights)
+        self._write_index(entries, files)
+        return notes + [f"{self.index_path} was missing: rebuilt it from {len(entries)} "
+                        f"checkpoint(s) whose files verify"]
 
     def verify(self, entry: dict[str, Any]) -> str | None:
         """None if both files of a checkpoint match their recorded sha256, else what is wrong."""
@@ -306,6 +406,10 @@ class RunFolder:
                 return entry, notes
             notes.append(problem)
         return None, notes
+
+
+def _checkpoint_name(epoch: int, step: int) -> str:
+    return f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
 
 
 def _valid_entry(entry: Any) -> bool:

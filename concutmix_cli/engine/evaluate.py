@@ -87,11 +87,13 @@ def _shard_batches(batches, which: range) -> Iterable[tuple[torch.Tensor, torch.
     from torch.utils.data import DataLoader
 
     from concutmix_cli.data.lists import ListImageDataset
+    from concutmix_cli.data.workers import LOADER_TIMEOUT_S, guarded
 
     dataset = ListImageDataset(batches.data.root, split.entries, transform=batches.transform)
-    yield from DataLoader(dataset, batch_sampler=[list(range(a, b)) for a, b in bounds],
-                          num_workers=batches.num_workers,
-                          pin_memory=batches.device.type == "cuda")
+    yield from guarded(DataLoader(dataset, batch_sampler=[list(range(a, b)) for a, b in bounds],
+                                  num_workers=batches.num_workers,
+                                  pin_memory=batches.device.type == "cuda",
+                                  timeout=LOADER_TIMEOUT_S if batches.num_workers > 0 else 0))
 
 
 def predict_sharded(model: torch.nn.Module, batches, device: torch.device, ctx=None,
@@ -166,22 +168,37 @@ def check_data_matches(meta: dict[str, Any], data) -> None:
         )
 
 
+def load_data_of(weights: Path, cfg, meta: dict[str, Any], data: Path | None):
+    """The prepared data to evaluate trained weights on: `data` if given, else the folder the run
+    trained on (an error that says it moved when it is gone). Returns (data, note): the note says
+    when the data is not the one the weights were trained on (manifest checksums differ)."""
+    from concutmix_cli.data.prepared import load_prepared
+    from concutmix_cli.engine import resume
+
+    if data is None:
+        resume.check_run_data(cfg.data.path, f"the metadata of {weights}", meta.get("data_checksum"))
+    prepared = load_prepared(Path(data) if data is not None else Path(cfg.data.path))
+    return prepared, resume.other_data_note(meta.get("data_checksum"),
+                                            prepared.manifest.get("checksum"), prepared.folder)
+
+
 def evaluate_run(run_or_weights: Path, data: Path | None = None, split: str = "test",
                  device: str = "auto") -> dict[str, Any]:
     from concutmix_cli.data.loader import EvalBatches
-    from concutmix_cli.data.prepared import load_prepared
     from concutmix_cli.engine.runtime import resolve_device
+    from concutmix_cli.progress import tracked
 
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val (got {split!r})")
     torch_device = resolve_device(device)
     weights = resolve_weights(run_or_weights)
     model, cfg, meta = load_trained_model(weights, torch_device)
-    prepared = load_prepared(Path(data) if data is not None else Path(cfg.data.path))
+    prepared, note = load_data_of(weights, cfg, meta, data)
     check_data_matches(meta, prepared)
     batches = EvalBatches(prepared, split, cfg.data.views, cfg.data.eval_batch_size, torch_device)
-    probs, labels = predict(model, batches, torch_device)
+    steps = -(-len(batches) // batches.batch_size)
+    probs, labels = predict(model, tracked(batches, steps, f"eval {split}"), torch_device)
     report = accuracy_report(probs, labels, prepared.manifest["shot_groups"])
     report.update({"split": split, "source": str(weights), "epoch": meta.get("epoch"),
-                   "data": str(prepared.folder)})
+                   "data": str(prepared.folder), "notes": [note] if note else []})
     return report

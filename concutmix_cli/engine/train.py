@@ -21,10 +21,13 @@ from concutmix_cli.config import Config, build_config, upgrade_saved_config
 from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
+from concutmix_cli.data.workers import close as close_workers
+from concutmix_cli.data.workers import guarded
 from concutmix_cli.engine import distributed as dist_utils
-from concutmix_cli.engine import runtime
+from concutmix_cli.engine import resume, runtime
 from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, weights_bytes
 from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
+from concutmix_cli.engine.runlock import RunLock
 from concutmix_cli.engine.step import FOREGROUND, MethodStep, uses_contrast
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
@@ -206,13 +209,22 @@ class Trainer:
             where = f"end of epoch {epoch}" if not step else f"epoch {epoch + 1}, step {step}"
             raise NonFiniteLoss(
                 f"{where}: non-finite weights ({bad}) after the update; stopped without saving "
-                f"(last good checkpoint kept in {self.run.path}). Lower the learning rate"
+                f"({self._what_is_kept()}). Lower the learning rate"
             )
+
+    def _what_is_kept(self) -> str:
+        """For a stop message: only claim a last good checkpoint when one exists."""
+        if self.run.read_index(strict=False):
+            return f"last good checkpoint kept in {self.run.path}"
+        return f"no checkpoint was saved yet: {self.run.path} has nothing to resume from"
 
     def restore(self) -> None:
         if self.ctx.is_main:  # what a killed process was writing when it died
             for leftover in self.run.remove_temporaries():
                 self.console.print(f"removed an unfinished write: {leftover}")
+            for note in self.run.recover_index():  # a lost index: never start over on top
+                self.console.print(f"[yellow]note:[/] {note}")
+        dist_utils.barrier(self.ctx)
         entry, notes = self.run.newest_intact()
         if dist_utils.any_rank(dist_utils.broadcast_object(entry, self.ctx) != entry, self.ctx):
             raise UserError(f"{self.run.path}: the processes do not all see rank 0's checkpoint; "
@@ -268,7 +280,7 @@ class Trainer:
             yield from self.device_batches.epoch(epoch, start_step)
             return
         self.loader.batch_sampler.set_epoch(epoch, start_step)
-        for offset, batch in enumerate(self.loader):
+        for offset, batch in enumerate(guarded(self.loader)):  # no hang on a worker error
             yield start_step + offset, {
                 k: v.to(self.device, non_blocking=True) for k, v in batch.items()
             }
@@ -391,7 +403,7 @@ class Trainer:
         where = f"epoch {epoch + 1}, step {step + 1}: non-finite {'/'.join(bad)} loss"
         if self.bad_steps > self.cfg.runtime.max_bad_steps:
             raise NonFiniteLoss(
-                f"{where}; stopped (last good checkpoint kept in {self.run.path}). Lower the "
+                f"{where}; stopped ({self._what_is_kept()}). Lower the "
                 f"learning rate, or allow skipping with --set runtime.max_bad_steps=N"
             )
         self.console.print(f"[yellow]skipping batch:[/] {where} "
@@ -440,6 +452,8 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.stop()
+            if self.loader is not None:
+                close_workers(self.loader)  # however training ends, no worker outlives it
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return rows
@@ -488,25 +502,38 @@ def run_training(request: TrainRequest, console: Console | None = None) -> Path:
     """Entry point of `concutmix train` (and of torchrun): returns the run folder."""
     console = console or Console()
     cfg, run, resuming = resolve_request(request)
+    if resuming and not _names_data(request):  # the run's own data: is it still there?
+        resume.check_run_data(cfg.data.path, str(run.config_path), resume.recorded_checksum(run.path))
+    resume.absolute_data_path(cfg)
     ctx = dist_utils.init_from_env(cfg.runtime.device)
     if not ctx.is_main:
         console = Console(quiet=True)
+    lock = RunLock(run.path)  # one writer per run folder (rank 0 holds it for the job)
     try:
         if not resuming:  # rank 0 creates the folder; every rank then uses rank 0's path
             def create() -> str:
                 run.create()
+                _note(console, lock.acquire())
+                run.check_new()  # another `train --out` may have taken the folder meanwhile
                 atomic_write_text(run.config_path, cfg.to_json())
                 return str(run.path)
 
             run = RunFolder(Path(dist_utils.main_first(create, ctx)))
+        elif ctx.is_main:
+            _note(console, lock.acquire())
         try:
             trainer = Trainer(cfg, run, console, ctx)
         except BaseException:
             if ctx.is_main and not resuming:  # bad data or config: leave no empty run behind
+                lock.release()
                 run.discard_new()
             raise
         if resuming:  # checks model and data against the checkpoint before anything is written
+            _resume_notes(console, run, cfg, trainer)
             trainer.restore()
+            if trainer.start_epoch >= cfg.optim.epochs:
+                console.print(f"{run.path} already finished its {trainer.start_epoch} epoch(s): "
+                              "nothing to train (extend it with --epochs N)")
         if ctx.is_main:
             atomic_write_bytes(run.path / "manifest.json",
                                (trainer.data.folder / "manifest.json").read_bytes())
@@ -523,4 +550,33 @@ def run_training(request: TrainRequest, console: Console | None = None) -> Path:
         console.print(f"done: {run.path}")
         return run.path
     finally:
+        lock.release()
         dist_utils.shutdown()
+
+
+def _names_data(request: TrainRequest) -> bool:
+    """Whether the command line chose the data (--data or --set data.path=...)."""
+    return request.shortcuts.get("data.path") is not None or any(
+        o.split("=", 1)[0].strip() == "data.path" for o in request.overrides)
+
+
+def _note(console: Console, note: str | None) -> None:
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _resume_notes(console: Console, run: RunFolder, cfg: Config, trainer: Trainer) -> None:
+    """Say what a resume changes: other settings than the run's, other data."""
+    import json
+
+    try:
+        saved = json.loads(run.config_path.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    changes = resume.changed_settings(saved if isinstance(saved, dict) else {}, cfg)
+    if changes:
+        console.print(f"[yellow]note:[/] resuming with changed settings ({'; '.join(changes)}); "
+                      "the run continues validly but will not equal an uninterrupted one")
+    _note(console, resume.other_data_note(resume.recorded_checksum(run.path),
+                                          trainer.data.manifest.get("checksum"),
+                                          trainer.data.folder))
