@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 from concutmix_cli.config import build_config  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
-from concutmix_cli.engine.step import uses_contrast  # noqa: E402
 from concutmix_cli.engine.train import Trainer  # noqa: E402
+from concutmix_cli.methods import METHODS  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "cifar100.npz"
 
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CIFAR-100 .npz archive")
     p.add_argument("--data", type=Path, help="an already prepared folder (skips preparing)")
     p.add_argument("--synthetic", action="store_true", help="use built-in synthetic data (CI)")
-    p.add_argument("--method", default="concutmix", choices=["ce", "cutmix", "bcl", "concutmix"])
+    p.add_argument("--method", default="concutmix", choices=list(METHODS))
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -87,30 +87,29 @@ def build_trainer(args, data: Path, workdir: Path) -> Trainer:
 
 
 def real_steps(trainer: Trainer):
-    """Endless (epoch, step, batch) of the real pipeline, epoch after epoch."""
+    """Endless batches of the real pipeline, epoch after epoch."""
     epoch = 0
     while True:
-        for step, batch in trainer.batches(epoch, 0):
-            yield epoch, step, batch
+        yield from trainer.batches.epoch(epoch, 0)
         epoch += 1
 
 
-def train_one(trainer: Trainer, epoch: int, step: int, batch) -> None:
+def train_one(trainer: Trainer, batch) -> None:
     """One step exactly as `concutmix train` makes it (finiteness check included)."""
-    trainer.train_step(epoch, step, batch)
+    trainer.train_step(batch)
 
 
 def measure_real(trainer: Trainer, warmup: int, steps: int) -> tuple[float, int]:
     stream = real_steps(trainer)
     for _ in range(warmup):
-        train_one(trainer, *next(stream))
+        train_one(trainer, next(stream))
     _sync(trainer.device)
     samples = 0
     start = time.perf_counter()
     for _ in range(steps):
-        epoch, step, batch = next(stream)
-        train_one(trainer, epoch, step, batch)
-        samples += batch["labels"].shape[0]
+        batch = next(stream)
+        train_one(trainer, batch)
+        samples += batch.size
     _sync(trainer.device)
     return samples / (time.perf_counter() - start), samples
 
@@ -121,15 +120,14 @@ def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
     device = trainer.device
     phases = {"data": 0.0, "forward_and_loss": 0.0, "backward": 0.0, "optimizer": 0.0}
     stream = real_steps(trainer)
-    train_one(trainer, *next(stream))
+    train_one(trainer, next(stream))
     for _ in range(steps):
         _sync(device)
         t0 = time.perf_counter()
-        epoch, step, batch = next(stream)
+        batch = next(stream)
         _sync(device)
         t1 = time.perf_counter()
-        plan = trainer.planner.plan(epoch, step)
-        result = trainer.step_fn(trainer.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+        result = trainer.step_fn(trainer.train_model, batch, batch.epoch)
         _sync(device)
         t2 = time.perf_counter()
         trainer.scaler.scale(result.loss).backward()
@@ -146,7 +144,7 @@ def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
 def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> float:
     """The model alone on ready-made tensors of a real step's shapes."""
     device, b = trainer.device, trainer.cfg.optim.batch_size // trainer.ctx.world_size
-    contrast = uses_contrast(trainer.cfg.method.name)
+    contrast = trainer.method.contrast
     size = trainer.data.manifest.get("image_size") or 224
     x = torch.randn((3 * b if contrast else b), 3, size, size, device=device)
     if trainer.channels_last:
@@ -199,7 +197,7 @@ def main(argv=None) -> dict:
         ceiling = measure_ceiling(trainer, args.warmup, args.steps)
         result = {
             "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
-            "prefetch": bool(trainer.device_batches is not None and trainer.device_batches.prefetch),
+            "prefetch": bool(getattr(trainer.batches, "prefetch", False)),
             "device": device_name(trainer.device), "precision": trainer.precision.name,
             "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
             "steps": args.steps, "samples": samples,

@@ -101,12 +101,13 @@ def _small_model(num_classes: int):
 def _compute(data_path: str, ctx) -> dict:
     """Every case's (global) loss and averaged gradients, and the sharded predictions."""
     from concutmix_cli.config import MethodConfig
-    from concutmix_cli.data.loader import EvalBatches, build_train_loader
+    from concutmix_cli.data.loader import EvalBatches, LoaderBatches
     from concutmix_cli.data.prepared import load_prepared
     from concutmix_cli.data.sampling import EpochPlanner
     from concutmix_cli.engine.distributed import all_reduce_sum, wrap_model
     from concutmix_cli.engine.evaluate import predict_sharded
-    from concutmix_cli.engine.step import MethodStep, uses_contrast
+    from concutmix_cli.engine.step import MethodStep
+    from concutmix_cli.methods import method as method_of
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
@@ -115,7 +116,7 @@ def _compute(data_path: str, ctx) -> dict:
     out: dict = {"cases": {}, "eval": {}}
     for name, (method, foreground, mix_prob, epoch, steps) in CASES.items():
         cfg = MethodConfig(name=method, top_k=3, rectify_after_epoch=0, cutmix_prob=mix_prob)
-        contrast = uses_contrast(method)
+        contrast = method_of(method).contrast
         torch.manual_seed(0)
         model = _small_model(data.num_classes)
         model, train_model = wrap_model(model, ctx, device, find_unused_parameters=not contrast)
@@ -123,18 +124,16 @@ def _compute(data_path: str, ctx) -> dict:
         planner = EpochPlanner(data.train.labels, seed=3, batch_size=GLOBAL_BATCH,
                                foreground=foreground, mix_prob=mix_prob, mix_beta=1.0,
                                rank=ctx.rank, world_size=ctx.world_size)
-        loader = build_train_loader(data, planner, "cifar", contrast, 0, device)
-        loader.batch_sampler.set_epoch(epoch)
+        batches = LoaderBatches(data, planner, "cifar", contrast, 0, device).epoch(epoch)
         step_fn = MethodStep(cfg, counts, ctx, None, False)
-        for step, batch in zip(range(steps), loader):
+        for _, batch in zip(range(steps), batches):
             model.zero_grad(set_to_none=True)
-            plan = planner.plan(epoch, step)
-            result = step_fn(train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+            result = step_fn(train_model, batch, epoch)
             result.loss.backward()
         loss = all_reduce_sum(result.loss.detach().double().reshape(1), ctx) / ctx.world_size
         grads = {k: p.grad.detach().clone() for k, p in model.named_parameters()
                  if p.grad is not None}
-        out["cases"][name] = {"loss": float(loss), "grads": grads, "mixed": plan.mix,
+        out["cases"][name] = {"loss": float(loss), "grads": grads, "mixed": batch.mixed,
                               "rectified": result.rect_weight is not None}
     model.eval()
     for split, size in EVALS:

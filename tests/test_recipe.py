@@ -19,11 +19,11 @@ from torchvision.transforms.v2 import functional as TF
 from concutmix_cli import losses
 from concutmix_cli.config import MethodConfig, build_config
 from concutmix_cli.data import views
-from concutmix_cli.data.loader import build_train_loader
+from concutmix_cli.data.loader import LoaderBatches
 from concutmix_cli.data.prepared import load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.engine.distributed import DistContext
-from concutmix_cli.engine.step import MethodStep, rectifies
+from concutmix_cli.engine.step import MethodStep, mix, rectifies
 from concutmix_cli.models.build import ConCutMixNet, build_model
 
 
@@ -43,16 +43,15 @@ def _first_step_cls_losses(data_path, classifier: str, init_seeds) -> list[float
     data = load_prepared(data_path)
     planner = EpochPlanner(data.train.labels, seed=0, batch_size=cfg.optim.batch_size, foreground=None,
                            mix_prob=0.0, mix_beta=1.0)
-    loader = build_train_loader(data, planner, "cifar", True, 0, torch.device("cpu"))
+    batches = LoaderBatches(data, planner, "cifar", True, 0, torch.device("cpu")).epoch(0)
     step_fn = MethodStep(cfg.method, torch.tensor(data.train_counts, dtype=torch.float32),
                          DistContext(), None, False)
-    batches = iter(loader)
     values = []
     for seed in init_seeds:
         torch.manual_seed(seed)
         model = build_model(cfg.model, data.num_classes).train()
         with torch.no_grad():
-            result = step_fn(model, next(batches), epoch=0, mixed=False)
+            result = step_fn(model, next(batches), epoch=0)
         values.append(float(result.terms["cls"]))
     return values
 
@@ -78,22 +77,20 @@ def test_rectification_starts_after_e_r(tiny_data):
     counts = torch.tensor(data.train_counts, dtype=torch.float32)
     planner = EpochPlanner(data.train.labels, seed=1, batch_size=8, foreground="balanced",
                            mix_prob=1.0, mix_beta=1.0)
-    loader = build_train_loader(data, planner, "cifar", True, 0, torch.device("cpu"))
-    loader.batch_sampler.set_epoch(0)
-    batch = next(iter(loader))
-    plan = planner.plan(0, 0)
+    batch = next(LoaderBatches(data, planner, "cifar", True, 0, torch.device("cpu")).epoch(0))
+    assert batch.mixed
     torch.manual_seed(0)
     from concutmix_cli.models.resnet_cifar import resnet32
 
     model = ConCutMixNet(resnet32(), 64, data.num_classes, proj_hidden=16, proj_dim=8).eval()
     step_fn = MethodStep(cfg, counts, DistContext(), None, False)
     with torch.no_grad():
-        at_e_r = step_fn(model, batch, 2, True, plan.lam, plan.box_seed)
-        after = step_fn(model, batch, 3, True, plan.lam, plan.box_seed)
+        at_e_r = step_fn(model, batch, 2)
+        after = step_fn(model, batch, 3)
         # epoch E_r itself: the lambda-weighted CE of the two labels
-        view0, lam = step_fn.mix(batch, plan.lam, plan.box_seed)
+        view0, lam = mix(batch)
         logits = model(view0, project=False).logits
-        expected = losses.mixed_ce(logits, batch["labels"], batch["fg_labels"], lam,
+        expected = losses.mixed_ce(logits, batch.labels, batch.fg_labels, lam,
                                    losses.log_prior_from_counts(counts), cfg.tau)
     assert at_e_r.rect_weight is None and after.rect_weight is not None and float(after.rect_weight) > 0
     assert float(at_e_r.terms["cls"]) == pytest.approx(float(expected), rel=1e-5)

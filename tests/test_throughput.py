@@ -21,7 +21,6 @@ def test_throughput_benchmark_json_on_synthetic_data():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"samples_per_s", "ceiling_samples_per_s", "ratio", "device"} <= set(result)
     assert result["samples"] == 3 * 16 and result["device"].startswith("cpu")
-    assert result["ratio"] == result["samples_per_s"] / result["ceiling_samples_per_s"]
     assert set(result["profile_s_per_step"]) == {"data", "forward_and_loss", "backward", "optimizer"}
 
 

@@ -118,7 +118,7 @@ def test_planner_splits_global_batches_across_processes():
         parts = [p.plan(1, step) for p in ranks]
         assert np.array_equal(np.concatenate([p.indices for p in parts]), whole.indices)
         assert np.array_equal(np.concatenate([p.foreground for p in parts]), whole.foreground)
-        assert all(p.lam == whole.lam and p.box_seed == whole.box_seed for p in parts)
+        assert all(p.lam == whole.lam and torch.equal(p.box, whole.box) for p in parts)
         seen.extend(whole.indices)
     assert len(seen) == len(set(seen)) == 100  # the whole epoch, each image once
     assert [len(p.plan(1, 12).indices) for p in ranks] == [2, 2]
@@ -147,17 +147,17 @@ def test_steps_per_epoch_keep_the_last_partial_batch_like_the_published_runs():
 
 
 def test_loader_views_depend_only_on_the_sample_seed(tiny_data):
-    from concutmix_cli.data.loader import ViewDataset
+    from concutmix_cli.data.loader import StepDataset
     from concutmix_cli.data.prepared import load_prepared
 
-    dataset = ViewDataset(load_prepared(tiny_data), "cifar", contrast=True)
-    a = dataset[(3, 7, 1234)]
+    dataset = StepDataset(load_prepared(tiny_data), "cifar", contrast=True)
+    a = dataset._sample(3, 7, 1234)
     torch.manual_seed(99)  # global RNG state must not matter
-    b = dataset[(3, 7, 1234)]
-    c = dataset[(3, 7, 1235)]
-    for key in ("view0", "view1", "view2", "fg_view0"):
-        assert torch.equal(a[key], b[key])
-    assert not torch.equal(a["view1"], c["view1"])
-    assert not torch.equal(a["view1"], a["view2"])  # two independent contrastive views
-    assert a["view0"].shape == (3, 32, 32) and int(a["fg_labels"]) == int(dataset.labels[7])
-    assert "fg_view0" not in dataset[(3, -1, 1)]
+    b = dataset._sample(3, 7, 1234)
+    c = dataset._sample(3, 7, 1235)
+    for x, y in zip(a, b):  # view 0, view 1, view 2, view 0 of the foreground
+        assert torch.equal(x, y)
+    assert not torch.equal(a[1], c[1])
+    assert not torch.equal(a[1], a[2])  # two independent contrastive views
+    assert len(a) == 4 and a[0].shape == (3, 32, 32)
+    assert len(dataset._sample(3, -1, 1)) == 3  # no foreground: no view of it

@@ -1,11 +1,10 @@
-"""Turning step plans into batches of views: the loader path (PIL transforms in DataLoader workers)
-and the device path (batched transforms on the training device). Both yield the same dict:
+"""Turning step plans into `Batch`es of views, in one direction: planner -> views -> `Batch`.
 
-- `view0` [b, 3, H, W]: classification view of the background images A
-- `labels` [b]: their classes
-- `view1`, `view2` [b, 3, H, W]: contrastive views of A (only when the method uses them)
-- `fg_view0`, `fg_labels`: classification view and classes of the foreground images B
-  (only on mixed steps)
+Two paths make the same `Batch` (data/batch.py) from the same `BatchPlan`:
+- the loader path (`LoaderBatches`): torchvision transforms on PIL images in DataLoader workers,
+  one whole step per worker task;
+- the device path (`DeviceBatches`): batched transforms on the training device.
+Both yield `Batch`es already on the training device, carrying the step's mixing decision.
 """
 
 from __future__ import annotations
@@ -19,10 +18,21 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from concutmix_cli.data.batch import Batch
 from concutmix_cli.data.prepared import PreparedData, Split
-from concutmix_cli.data.sampling import EpochPlanner
+from concutmix_cli.data.sampling import BatchPlan, EpochPlanner
 from concutmix_cli.data.views import eval_transform, training_views
-from concutmix_cli.data.workers import LOADER_TIMEOUT_S, guarded
+from concutmix_cli.data.workers import LOADER_TIMEOUT_S, close, guarded
+
+VIEW_SIZE = {"cifar": 32, "imagenet": 224}
+"""The side of view 0 of each kind of loader-path view (where the CutMix box is drawn)."""
+
+
+def view_size(data: PreparedData, views_kind: str, augment_on: str) -> int:
+    """The side of view 0 in training: the device path keeps the images' size (CIFAR views)."""
+    if augment_on == "device" and data.train.images is not None:
+        return int(data.train.images.shape[-2])
+    return VIEW_SIZE[views_kind]
 
 
 def _split_images(split: Split, root):
@@ -35,11 +45,17 @@ def _split_images(split: Split, root):
     return lambda index: images[index][0]
 
 
-class ViewDataset(Dataset):
-    """Maps a key (index_a, index_b or -1, seed) to the views of one sample.
+def _plan_batch(plan: BatchPlan, device: torch.device | None = None, **views: torch.Tensor) -> Batch:
+    """The views with the plan's mixing decision (the box moved to `device` when given)."""
+    box = plan.box if plan.box is None or device is None else plan.box.to(device, non_blocking=True)
+    return Batch(epoch=plan.epoch, step=plan.step, mixed=plan.mix, lam=plan.lam, box=box, **views)
 
-    The transforms draw from torch's RNG seeded with the key's seed, so a sample's views depend
-    only on (run seed, epoch, step, position), never on worker count or order.
+
+class StepDataset(Dataset):
+    """Maps a step's plan to its `Batch` (CPU), one sample after the other.
+
+    Each sample's transforms draw from torch's RNG seeded with the plan's seed of that sample, so
+    its views depend only on (run seed, epoch, step, position), never on worker count or order.
     """
 
     def __init__(self, data: PreparedData, views_kind: str, contrast: bool):
@@ -52,24 +68,34 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-        index_a, index_b, seed = key
+    def _sample(self, index_a: int, index_b: int, seed: int) -> list[torch.Tensor]:
+        """view 0 [, view 1, view 2] [, view 0 of B]: in this order from the seeded RNG."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             image = self.image(index_a)
-            sample = {"view0": self.views.classify(image), "labels": self.labels[index_a]}
+            views = [self.views.classify(image)]
             if self.contrast:
-                sample["view1"] = self.views.contrast(image)
-                sample["view2"] = self.views.contrast(image)
+                views += [self.views.contrast(image), self.views.contrast(image)]
             if index_b >= 0:
-                foreground = self.image(index_b)
-                sample["fg_view0"] = self.views.classify(foreground)
-                sample["fg_labels"] = self.labels[index_b]
-        return sample
+                views.append(self.views.classify(self.image(index_b)))
+        return views
+
+    def __getitem__(self, plan: BatchPlan) -> Batch:
+        fg = plan.foreground if plan.mix else np.full(len(plan.indices), -1)
+        samples = [self._sample(int(a), int(b), int(s))
+                   for a, b, s in zip(plan.indices, fg, plan.sample_seeds)]
+        stacked = [torch.stack(v) for v in zip(*samples)]
+        views = {"view0": stacked.pop(0), "labels": self.labels[torch.from_numpy(plan.indices)]}
+        if self.contrast:
+            views["view1"], views["view2"] = stacked.pop(0), stacked.pop(0)
+        if plan.mix:
+            views["fg_view0"] = stacked.pop(0)
+            views["fg_labels"] = self.labels[torch.from_numpy(plan.foreground)]
+        return _plan_batch(plan, **views)
 
 
-class PlanBatchSampler(Sampler):
-    """Yields, for each step of the current epoch from `start_step`, the keys of this process."""
+class PlanSampler(Sampler):
+    """Yields the plan of each step of the current epoch from `start_step` (one plan = one batch)."""
 
     def __init__(self, planner: EpochPlanner):
         self.planner = planner
@@ -82,13 +108,9 @@ class PlanBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.planner.steps_per_epoch() - self.start_step
 
-    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+    def __iter__(self) -> Iterator[BatchPlan]:
         for step in range(self.start_step, self.planner.steps_per_epoch()):
-            plan = self.planner.plan(self.epoch, step)
-            fg = plan.foreground if plan.mix else np.full(len(plan.indices), -1)
-            yield [
-                (int(a), int(b), int(s)) for a, b, s in zip(plan.indices, fg, plan.sample_seeds)
-            ]
+            yield self.planner.plan(self.epoch, step)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
@@ -114,10 +136,12 @@ def build_train_loader(
     data: PreparedData, planner: EpochPlanner, views_kind: str, contrast: bool,
     num_workers: int, device: torch.device,
 ) -> DataLoader:
+    """A DataLoader of CPU `Batch`es, one per plan (`loader.sampler.set_epoch` picks the epoch)."""
     workers = default_num_workers(device) if num_workers < 0 else num_workers
     return DataLoader(
-        ViewDataset(data, views_kind, contrast),
-        batch_sampler=PlanBatchSampler(planner),
+        StepDataset(data, views_kind, contrast),
+        sampler=PlanSampler(planner),
+        batch_size=None,  # the dataset makes whole batches
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -125,6 +149,25 @@ def build_train_loader(
         worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         timeout=LOADER_TIMEOUT_S if workers > 0 else 0,
     )
+
+
+class LoaderBatches:
+    """The loader path: `Batch`es of each epoch on the training device."""
+
+    def __init__(self, data: PreparedData, planner: EpochPlanner, views_kind: str, contrast: bool,
+                 num_workers: int, device: torch.device):
+        self.planner = planner
+        self.device = device
+        self.loader = build_train_loader(data, planner, views_kind, contrast, num_workers, device)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        self.loader.sampler.set_epoch(epoch, start_step)
+        for batch in guarded(self.loader):  # no hang on a worker error
+            yield batch.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stop the worker processes (however training ends, none outlives it)."""
+        close(self.loader)
 
 
 class DeviceBatches:
@@ -156,7 +199,7 @@ class DeviceBatches:
         self.device = device
         self.prefetch = prefetch
 
-    def batch(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    def batch(self, epoch: int, step: int) -> Batch:
         plan = self.planner.plan(epoch, step)
         views = self.views
         gen = torch.Generator().manual_seed(plan.device_seed)
@@ -165,26 +208,26 @@ class DeviceBatches:
         n, _, height, width = images.shape
         params0 = views.sample_classify(n, height, width, gen)
         params_contrast = [views.sample_contrast(n, height, width, gen) for _ in range(2)] if self.contrast else []
-        sample = {"labels": self.labels[index]}
+        out = {"labels": self.labels[index]}
         if plan.mix:
             fg = torch.from_numpy(plan.foreground).to(self.device, non_blocking=True)
             params_fg = views.sample_classify(n, height, width, gen)
             both = views.classify_uint8(torch.cat((images, self.images[fg])), params0.cat(params_fg))
-            sample["view0"], sample["fg_view0"] = views.finish(both).split(n)
-            sample["fg_labels"] = self.labels[fg]
+            out["view0"], out["fg_view0"] = views.finish(both).split(n)
+            out["fg_labels"] = self.labels[fg]
         else:
-            sample["view0"] = views.finish(views.classify_uint8(images, params0))
+            out["view0"] = views.finish(views.classify_uint8(images, params0))
         if self.contrast:
             both = views.contrast_uint8(images.repeat(2, 1, 1, 1), params_contrast[0].cat(params_contrast[1]))
-            sample["view1"], sample["view2"] = views.finish(both).split(n)
-        return sample
+            out["view1"], out["view2"] = views.finish(both).split(n)
+        return _plan_batch(plan, self.device, **out)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-        """(step, batch) from `start_step` to the end of the epoch, one step ahead when prefetching."""
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """The batches from `start_step` to the end of the epoch, one step ahead when prefetching."""
         steps = range(start_step, self.planner.steps_per_epoch())
         if not self.prefetch:
             for step in steps:
-                yield step, self.batch(epoch, step)
+                yield self.batch(epoch, step)
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -194,14 +237,17 @@ class DeviceBatches:
             for i, step in enumerate(steps):
                 batch = pending.result()
                 pending = pool.submit(self._batch_in_thread, epoch, steps[i + 1]) if i + 1 < len(steps) else None
-                yield step, batch
+                yield batch
         finally:  # also when the consumer stops early: wait for the batch in flight, drop the rest
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _batch_in_thread(self, epoch: int, step: int) -> dict[str, torch.Tensor]:
+    def _batch_in_thread(self, epoch: int, step: int) -> Batch:
         # the current CUDA device is per thread
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
             return self.batch(epoch, step)
+
+    def close(self) -> None:
+        """Nothing to stop (the prefetch thread ends with each epoch's iterator)."""
 
 
 class EvalBatches:

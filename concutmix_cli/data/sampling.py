@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from concutmix_cli.mixing import sample_boxes
 
 # Stream ids keep the counter-derived generators of different purposes independent.
 _ORDER, _FOREGROUND, _MIX, _SAMPLE, _DEVICE = 1, 2, 3, 4, 5
@@ -51,7 +54,8 @@ class ClassBalancedSampler:
 @dataclass(frozen=True)
 class BatchPlan:
     """One step's data for this process: background indices, foreground indices (when mixed),
-    per-sample seeds for the loader's augmentation, and the CutMix draw shared by all processes."""
+    per-sample seeds for the loader's augmentation, and the CutMix decision shared by all
+    processes (mixed, lambda and the one box of the batch, drawn here and nowhere else)."""
 
     epoch: int
     step: int
@@ -60,13 +64,16 @@ class BatchPlan:
     mix: bool
     foreground: np.ndarray | None
     lam: float
-    box_seed: int
+    box: torch.Tensor | None
+    """int64 [4] (y0, y1, x0, x1) on view 0 (`mixing.sample_boxes`), None when not mixed."""
     device_seed: int
 
 
 class EpochPlanner:
     """Plans every step of every epoch. `foreground`: 'balanced' (ConCutMix), 'batch' (plain
-    CutMix: a shuffle of the same global batch) or None (no mixing)."""
+    CutMix: a shuffle of the same global batch) or None (no mixing); `view_size`: the side of
+    view 0, on which the CutMix box is drawn (32 for CIFAR views, 224 for ImageNet ones).
+    The batch size is checked against the process count here, once."""
 
     def __init__(
         self,
@@ -80,6 +87,7 @@ class EpochPlanner:
         world_size: int = 1,
         max_steps: int = 0,
         drop_last: bool = False,
+        view_size: int = 32,
     ):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
@@ -93,6 +101,7 @@ class EpochPlanner:
         self.world_size = world_size
         self.max_steps = max_steps
         self.drop_last = drop_last
+        self.view_size = view_size
         full, rest = divmod(len(self.labels), batch_size)
         # the last partial batch, trimmed to a multiple of the process count (equal local batches)
         self.partial_size = 0 if drop_last else rest - rest % world_size
@@ -124,6 +133,10 @@ class EpochPlanner:
         mix = bool(mix_rng.random() < self.mix_prob)
         lam = float(mix_rng.beta(self.mix_beta, self.mix_beta)) if mix else 1.0
         box_seed = int(mix_rng.integers(0, 2**63 - 1))
+        box = None
+        if mix:  # one box for the batch, from lambda as float32 (as the step always drew it)
+            generator = torch.Generator().manual_seed(box_seed % 2**63)
+            box = sample_boxes(torch.tensor([lam]), self.view_size, self.view_size, generator)[0]
         global_fg = None
         if mix:
             fg_rng = counter_rng(self.seed, _FOREGROUND, epoch, step)
@@ -141,6 +154,6 @@ class EpochPlanner:
             mix=mix,
             foreground=None if global_fg is None else global_fg[local],
             lam=lam,
-            box_seed=box_seed,
+            box=box,
             device_seed=counter_seed(self.seed, _DEVICE, epoch, step, self.rank),
         )

@@ -1,6 +1,7 @@
-"""One training step of any method, as data: views -> (mix) -> model -> losses.
+"""One training step of any method, as data: `Batch` -> (mix) -> model -> losses.
 
-The method decides what is computed (METHOD.md sections 3, 5, 6):
+The batch carries its plan (mixed, lambda, box); the method's properties (methods.py) decide what
+is computed (docs/method-notes.md sections 3, 5, 6):
 - ce:        CE on view 0.
 - cutmix:    CE on view 0 mixed with a shuffle of the batch (lambda-weighted labels).
 - bcl:       alpha * logit-adjusted CE on view 0 + beta * BCL on views 1 and 2.
@@ -18,22 +19,18 @@ import torch.nn.functional as F
 
 from concutmix_cli import losses
 from concutmix_cli.config import MethodConfig
+from concutmix_cli.data.batch import Batch
 from concutmix_cli.engine.distributed import DistContext, gather_no_grad, gather_with_grad
-from concutmix_cli.mixing import area_labels, paste, sample_boxes
+from concutmix_cli.methods import method as method_of
+from concutmix_cli.mixing import area_labels, paste
 from concutmix_cli.rectify import rectify_labels
-
-CONTRASTIVE_METHODS = ("bcl", "concutmix")
-FOREGROUND = {"ce": None, "cutmix": "batch", "bcl": None, "concutmix": "balanced"}
-
-
-def uses_contrast(method: str) -> bool:
-    return method in CONTRASTIVE_METHODS
 
 
 def rectifies(method: MethodConfig, epoch: int) -> bool:
-    """Whether mixed batches of the 0-based `epoch` get rectified labels: ConCutMix only, and only
-    after E_r (`epoch > rectify_after_epoch`, the reference's `epoch > args.l_d_warm`)."""
-    return method.name == "concutmix" and epoch > method.rectify_after_epoch
+    """Whether mixed batches of the 0-based `epoch` get rectified labels: methods that rectify
+    (ConCutMix), and only after E_r (`epoch > rectify_after_epoch`, the reference's
+    `epoch > args.l_d_warm`)."""
+    return method_of(method.name).rectifies and epoch > method.rectify_after_epoch
 
 
 @dataclass
@@ -54,31 +51,25 @@ class MethodStep:
     def __init__(self, method: MethodConfig, class_counts: torch.Tensor, ctx: DistContext,
                  autocast_dtype: torch.dtype | None, channels_last: bool):
         self.cfg = method
+        self.method = method_of(method.name)
         self.class_counts = class_counts.float()
         self.log_prior = losses.log_prior_from_counts(class_counts)
         self.num_classes = len(class_counts)
         self.ctx = ctx
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
-        self.tau = method.tau if uses_contrast(method.name) else 0.0
+        # logit adjustment is part of the contrastive recipes; ce and cutmix train on raw logits
+        self.tau = method.tau if self.method.contrast else 0.0
 
-    def mix(self, batch: dict[str, torch.Tensor], lam: float, box_seed: int):
-        """Paste the foreground box into view 0; returns (mixed view, exact lam per sample)."""
-        view0 = batch["view0"]
-        n, _, height, width = view0.shape
-        generator = torch.Generator().manual_seed(box_seed % 2**63)
-        box = sample_boxes(torch.tensor([lam]), height, width, generator)  # one box per batch
-        return paste(view0, batch["fg_view0"], box.expand(n, 4))
-
-    def __call__(self, model, batch: dict[str, torch.Tensor], epoch: int, mixed: bool,
-                 lam: float = 1.0, box_seed: int = 0) -> StepResult:
+    def __call__(self, model, batch: Batch, epoch: int) -> StepResult:
         cfg = self.cfg
-        device = batch["view0"].device
-        labels = batch["labels"]
+        device = batch.view0.device
+        labels = batch.labels
         n = labels.shape[0]
-        view0, lam_vec = (self.mix(batch, lam, box_seed) if mixed else (batch["view0"], None))
-        contrast = uses_contrast(cfg.name)
-        inputs = torch.cat([view0, batch["view1"], batch["view2"]]) if contrast else view0
+        mixed = batch.mixed
+        view0, lam_vec = (mix(batch) if mixed else (batch.view0, None))
+        contrast = self.method.contrast
+        inputs = torch.cat([view0, batch.view1, batch.view2]) if contrast else view0
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=self.autocast_dtype,
@@ -91,7 +82,7 @@ class MethodStep:
         log_prior = self.log_prior.to(device)
         rect_weight = None
         if mixed:
-            fg_labels = batch["fg_labels"]
+            fg_labels = batch.fg_labels
             if rectifies(cfg, epoch):
                 area = area_labels(labels, fg_labels, lam_vec, self.num_classes)
                 rect = rectify_labels(area, out.projection[:n].float(), prototypes.float(),
@@ -128,3 +119,9 @@ class MethodStep:
         correct = (logits.argmax(dim=1) == labels).sum().detach()
         return StepResult(loss=loss, terms=terms, correct=correct, rect_weight=rect_weight)
 
+
+
+def mix(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix of a mixed batch: B's view 0 pasted into A's inside the batch's one box; returns
+    (mixed view 0, exact lambda per sample, recounted from the clipped box)."""
+    return paste(batch.view0, batch.fg_view0, batch.box.expand(batch.size, 4))

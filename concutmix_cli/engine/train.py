@@ -18,19 +18,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from concutmix_cli import __version__
 from concutmix_cli.config import Config, build_config, upgrade_saved_config
-from concutmix_cli.data.loader import DeviceBatches, EvalBatches, build_train_loader
+from concutmix_cli.data.batch import Batch
+from concutmix_cli.data.loader import DeviceBatches, EvalBatches, LoaderBatches, view_size
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
-from concutmix_cli.data.workers import close as close_workers
-from concutmix_cli.data.workers import guarded
 from concutmix_cli.engine import distributed as dist_utils
 from concutmix_cli.engine import resume, runtime
 from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, weights_bytes
 from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
 from concutmix_cli.engine.runlock import RunLock
-from concutmix_cli.engine.step import FOREGROUND, MethodStep, uses_contrast
+from concutmix_cli.engine.step import MethodStep
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
+from concutmix_cli.methods import method as method_of
 from concutmix_cli.models.build import build_model
 
 EXIT_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -128,12 +128,13 @@ class Trainer:
             raise UserError(f"optim.batch_size {cfg.optim.batch_size} must divide by the "
                             f"{self.ctx.world_size} processes")
         self.class_counts = torch.tensor(self.data.train_counts, dtype=torch.float32)
-        method = cfg.method.name
+        self.method = method_of(cfg.method.name)
         self.planner = EpochPlanner(
             self.data.train.labels, seed=rt.seed, batch_size=cfg.optim.batch_size,
-            foreground=FOREGROUND[method], mix_prob=cfg.method.cutmix_prob,
+            foreground=self.method.foreground, mix_prob=cfg.method.cutmix_prob,
             mix_beta=cfg.method.cutmix_beta, rank=self.ctx.rank, world_size=self.ctx.world_size,
             max_steps=rt.max_steps_per_epoch, drop_last=cfg.optim.drop_last,
+            view_size=view_size(self.data, cfg.data.views, cfg.data.augment_on),
         )
         if cfg.optim.batch_size > len(self.data.train):  # a mistake, partial batch or not
             raise UserError(f"optim.batch_size {cfg.optim.batch_size} is larger than the "
@@ -150,15 +151,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
         self.step_fn = MethodStep(cfg.method, self.class_counts, self.ctx,
                                   self.precision.autocast_dtype, self.channels_last)
-        contrast = uses_contrast(method)
+        contrast = self.method.contrast
         if cfg.data.augment_on == "device":
-            self.device_batches = DeviceBatches(self.data, self.planner, contrast, self.device,
-                                                cfg.data.prefetch)
-            self.loader = None
+            self.batches = DeviceBatches(self.data, self.planner, contrast, self.device,
+                                         cfg.data.prefetch)
         else:
-            self.device_batches = None
-            self.loader = build_train_loader(self.data, self.planner, cfg.data.views, contrast,
-                                             cfg.data.num_workers, self.device)
+            self.batches = LoaderBatches(self.data, self.planner, cfg.data.views, contrast,
+                                         cfg.data.num_workers, self.device)
         self.start_epoch, self.start_step = 0, 0
         self.partial: dict[str, float] = {}
         self.best_val: float | None = None
@@ -169,7 +168,7 @@ class Trainer:
         # DDP under torchrun (optional SyncBatchNorm); ce/cutmix leave the two heads unused.
         self.model, wrapped = dist_utils.wrap_model(
             model, self.ctx, self.device, sync_batchnorm=self.cfg.model.sync_batchnorm,
-            find_unused_parameters=not uses_contrast(self.cfg.method.name))
+            find_unused_parameters=not self.method.contrast)
         return wrapped
 
     # ------------------------------------------------------------------ checkpoints
@@ -274,29 +273,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def batches(self, epoch: int, start_step: int):
-        """(step, batch on the device) for this process, from `start_step` to the end of the epoch."""
-        if self.device_batches is not None:
-            yield from self.device_batches.epoch(epoch, start_step)
-            return
-        self.loader.batch_sampler.set_epoch(epoch, start_step)
-        for offset, batch in enumerate(guarded(self.loader)):  # no hang on a worker error
-            yield start_step + offset, {
-                k: v.to(self.device, non_blocking=True) for k, v in batch.items()
-            }
-
-    def train_step(self, epoch: int, step: int, batch: dict[str, torch.Tensor], plan=None):
-        """Loss, backward and, at an accumulation boundary, the optimizer step of one batch
-        (`plan`: the step's plan when the caller has it already).
+    def train_step(self, batch: Batch):
+        """Loss, backward and, at an accumulation boundary, the optimizer step of one batch.
 
         Returns (result, scaler_skipped); result is None when the loss was not finite and the batch
         was dropped (or the run stops, see `runtime.max_bad_steps`). The benchmark in
         benchmarks/throughput.py times exactly this."""
-        plan = plan or self.planner.plan(epoch, step)
-        result = self.step_fn(self.train_model, batch, epoch, plan.mix, plan.lam, plan.box_seed)
+        step = batch.step
+        result = self.step_fn(self.train_model, batch, batch.epoch)
         # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
         if dist_utils.any_rank(not bool(torch.isfinite(result.loss)), self.ctx):
-            self._non_finite(epoch, step, result)
+            self._non_finite(batch.epoch, step, result)
             self.optimizer.zero_grad(set_to_none=True)
             return None, False
         self.scaler.scale(result.loss / self.cfg.optim.accumulate).backward()
@@ -340,13 +327,13 @@ class Trainer:
                                  completed=start_step) if progress else None
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        for step, batch in self.batches(epoch, start_step):
-            plan = self.planner.plan(epoch, step)
-            result, scaler_skipped = self.train_step(epoch, step, batch, plan)
+        for batch in self.batches.epoch(epoch, start_step):
+            step = batch.step
+            result, scaler_skipped = self.train_step(batch)
             if result is None:
                 continue
             counts["skipped"] += int(scaler_skipped)
-            n = batch["labels"].shape[0]
+            n = batch.size
             sums["loss"] += result.loss.detach() * n
             sums["cls"] += result.terms["cls"] * n
             if "bcl" in result.terms:
@@ -357,7 +344,7 @@ class Trainer:
                 counts["rectified"] += 1
             counts["samples"] += n
             counts["steps"] += 1
-            counts["mixed"] += int(plan.mix)
+            counts["mixed"] += int(batch.mixed)
             if progress is not None and (step % 5 == 0 or step + 1 == steps):
                 elapsed = time.perf_counter() - started
                 progress.update(task, completed=step + 1, description=(
@@ -387,7 +374,7 @@ class Trainer:
             "lr": lr,
             "loss": totals["loss"] / samples,
             "loss_cls": totals["cls"] / samples,
-            "loss_bcl": totals["bcl"] / samples if uses_contrast(cfg.method.name) else None,
+            "loss_bcl": totals["bcl"] / samples if self.method.contrast else None,
             "train_acc": totals["correct"] / samples,
             "rect_weight": (totals["rect_weight"] / totals["rectified"]) if totals["rectified"] else None,
             "mixed_steps": int(totals["mixed"] / world),
@@ -452,8 +439,7 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.stop()
-            if self.loader is not None:
-                close_workers(self.loader)  # however training ends, no worker outlives it
+            self.batches.close()  # however training ends, no worker outlives it
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return rows
