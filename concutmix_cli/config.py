@@ -8,7 +8,7 @@ metadata of every weights file. Unknown keys and wrong types are errors that nam
 from __future__ import annotations
 
 import json
-import tomllib
+import tomllib  # Python >= 3.11 (pyproject.toml: requires-python)
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import json_text
-
-METHODS = ("ce", "cutmix", "bcl", "concutmix")
+from concutmix_cli.methods import MethodName
+from concutmix_cli.methods import method as method_of
 
 # Upper bounds of counts and sizes: far above any real run, low enough that a typo (an extra
 # zero, a seed of 1e300) is refused at once instead of exhausting memory or processes.
@@ -91,7 +91,7 @@ class OptimConfig(_Section):
 class MethodConfig(_Section):
     """The training method and its terms (METHOD.md sections 3, 5 and 6)."""
 
-    name: Literal["ce", "cutmix", "bcl", "concutmix"] = "concutmix"
+    name: MethodName = "concutmix"
     alpha: float = Field(2.0, ge=0)
     """Weight of the classification loss."""
     beta: float = Field(0.6, ge=0)
@@ -117,7 +117,9 @@ class RuntimeConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """auto: bf16 on CUDA cards that support it, fp16 with a grad scaler on older cards, fp32 on CPU."""
     channels_last: Literal["auto", "on", "off"] = "auto"
-    compile: bool = False
+    """Memory format of the model and its inputs. auto: on where it measured faster or is the
+    known fast path (CPU: about 1.5x on the 2-core development machine, docs/benchmarks.md; CUDA
+    under bf16/fp16 autocast: cuDNN's NHWC tensor-core kernels), off on CUDA in fp32."""
     keep: int = Field(1, ge=1)
     """How many epoch checkpoints to keep besides last.safetensors."""
     max_bad_steps: int = Field(0, ge=0)
@@ -137,7 +139,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Config":
-        if self.method.name in ("bcl", "concutmix") and self.optim.batch_size < 2:
+        if method_of(self.method.name).contrast and self.optim.batch_size < 2:
             raise ValueError(
                 f"optim.batch_size must be at least 2 for the contrastive loss of "
                 f"{self.method.name} (got {self.optim.batch_size}); use --batch-size 2 or more"
@@ -228,6 +230,9 @@ def upgrade_saved_config(raw: dict[str, Any]) -> dict[str, Any]:
     `model.classifier` marks a 0.1 config; configs of this version pass through unchanged.
     """
     raw = json.loads(json.dumps(raw))
+    runtime = raw.get("runtime")
+    if isinstance(runtime, dict):  # accepted by 0.1 and 0.2 and never used: dropped
+        runtime.pop("compile", None)
     model = raw.get("model")
     if isinstance(model, dict) and "classifier" not in model:
         model["classifier"] = "cosine"

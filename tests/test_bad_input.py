@@ -294,16 +294,11 @@ def test_eval_full_disk_writing_the_report(cli, run4, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- inspect-labels
 
 
-@pytest.fixture
-def inspect_available():
-    pytest.importorskip("concutmix_cli.inspect", reason="inspect-labels is not in this checkout")
-
-
 @pytest.mark.parametrize("args, fragments", [
     (["--omega", "-1"], ["--omega must be a finite number >= 0 (got -1"]),
     (["--top-k", "9"], ["--top-k must be between 1 and the 4 classes (got 9)"]),
 ])
-def test_inspect_out_of_range_numbers(cli, inspect_available, run4, tmp_path, args, fragments):
+def test_inspect_out_of_range_numbers(cli, run4, tmp_path, args, fragments):
     code, out, err = cli("inspect-labels", run4, "--device", "cpu", "--out",
                          tmp_path / "dump.safetensors", *args)
     assert code == 2
@@ -311,7 +306,7 @@ def test_inspect_out_of_range_numbers(cli, inspect_available, run4, tmp_path, ar
     assert list(tmp_path.iterdir()) == []
 
 
-def test_inspect_class_count_mismatch_and_missing_run(cli, inspect_available, run4, data3,
+def test_inspect_class_count_mismatch_and_missing_run(cli, run4, data3,
                                                       tmp_path):
     code, out, err = cli("inspect-labels", run4, "--data", data3, "--device", "cpu")
     assert code == 2

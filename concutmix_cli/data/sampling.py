@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from concutmix_cli.errors import BadValue
 from concutmix_cli.mixing import sample_boxes
 
 # Stream ids keep the counter-derived generators of different purposes independent.
@@ -89,8 +90,9 @@ class EpochPlanner:
         drop_last: bool = False,
         view_size: int = 32,
     ):
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} does not split over {world_size} processes")
+        if batch_size % world_size:  # the one check of it (a config can be right for another G)
+            raise BadValue(f"optim.batch_size {batch_size} must divide by the {world_size} "
+                           "processes")
         self.labels = np.asarray(labels, dtype=np.int64)
         self.seed = seed
         self.batch_size = batch_size

@@ -71,10 +71,10 @@ def lr_at(epoch: int, cfg: Config) -> float:
 
 
 def check_config_against_data(cfg: Config, data: PreparedData) -> None:
-    if cfg.method.name == "concutmix" and cfg.method.top_k > data.num_classes:
+    if method_of(cfg.method.name).rectifies and cfg.method.top_k > data.num_classes:
         raise UserError(
             f"method.top_k = {cfg.method.top_k} exceeds the {data.num_classes} classes of "
-            f"{data.folder}; set --set method.top_k=N with N <= {data.num_classes}"
+            f"{data.folder}; set method.top_k to {data.num_classes} or less"
         )
     if cfg.data.augment_on == "device" and not data.is_arrays:
         raise UserError("data.augment_on = 'device' needs an in-memory dataset (CIFAR, synthetic)")
@@ -118,15 +118,12 @@ class Trainer:
         rt = cfg.runtime
         self.device = runtime.resolve_device(rt.device, self.ctx.local_rank)
         self.precision = runtime.resolve_precision(rt, self.device)
-        self.channels_last = runtime.use_channels_last(rt, self.device)
+        self.channels_last = runtime.use_channels_last(rt, self.device, self.precision)
         runtime.set_deterministic(rt.deterministic)
         runtime.seed_everything(rt.seed)
 
         self.data = load_prepared(cfg.data.path)
         check_config_against_data(cfg, self.data)
-        if cfg.optim.batch_size % self.ctx.world_size:
-            raise UserError(f"optim.batch_size {cfg.optim.batch_size} must divide by the "
-                            f"{self.ctx.world_size} processes")
         self.class_counts = torch.tensor(self.data.train_counts, dtype=torch.float32)
         self.method = method_of(cfg.method.name)
         self.planner = EpochPlanner(
