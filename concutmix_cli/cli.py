@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
+from concutmix_cli.events import StopFlag
 from concutmix_cli.fileio import json_text
 
 app = typer.Typer(
@@ -101,10 +103,6 @@ def _print_prepare_summary(out: Path, manifest: dict) -> None:
 # ----------------------------------------------------------------------------- train
 
 
-def _not_yet(name: str) -> None:
-    raise UserError(f"`concutmix {name}` is not implemented yet")
-
-
 @app.command()
 def train(
     preset: Optional[str] = typer.Option(None, help="preset name or TOML path [default: smoke]"),
@@ -137,7 +135,68 @@ def train(
             "runtime.deterministic": deterministic, "runtime.keep": keep,
         },
     )
-    run_training(request, console=console)
+    stop = StopFlag()
+    view = _TrainView(console, stop)
+    try:
+        result = run_training(request, callbacks=view, stop=stop)
+    finally:
+        view.close()
+    if result.stopped:
+        console.print(f"stopped; resume with: concutmix train --resume {result.run_dir}")
+        raise SystemExit(result.exit_code)
+    console.print(f"done: {result.run_dir}")
+
+
+class _TrainView:
+    """Renders the library's training events with rich (a transient progress bar on a terminal,
+    lines otherwise), and owns SIGINT/SIGTERM while epochs run: they ask the run to stop at the
+    next optimizer step, which checkpoints, so `--resume` continues exactly."""
+
+    SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self, console: Console, stop: StopFlag):
+        self.console, self.stop = console, stop
+        self.progress = None
+        self.task = None
+        self.previous: dict = {}
+
+    def __call__(self, event) -> None:
+        from concutmix_cli.events import EpochDone, EpochStarted, Message, StepDone
+
+        if isinstance(event, Message):
+            self.console.print(f"[yellow]{event.kind}:[/] {event.text}" if event.kind else event.text)
+        elif isinstance(event, EpochStarted):
+            if not self.previous:
+                self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+            if self.progress is None and self.console.is_terminal:
+                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                         TextColumn("{task.completed}/{task.total}"),
+                                         TimeRemainingColumn(), console=self.console, transient=True)
+                self.progress.start()
+            if self.progress is not None:
+                self.task = self.progress.add_task(f"epoch {event.epoch + 1}/{event.epochs}",
+                                                   total=event.steps, completed=event.start_step)
+        elif isinstance(event, StepDone) and self.progress is not None:
+            self.progress.update(self.task, completed=event.step + 1, description=(
+                f"epoch {event.epoch + 1}/{event.epochs} loss {event.loss:.3f} "
+                f"lr {event.lr:.4f} {event.samples_per_s:.0f} img/s"))
+        elif isinstance(event, EpochDone):
+            if self.progress is not None and self.task is not None:
+                self.progress.remove_task(self.task)
+                self.task = None
+            self.console.print(event.summary)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop.request(self.SIGNALS.get(signal.Signals(signum), 130))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 # ----------------------------------------------------------------------------- eval
@@ -196,20 +255,89 @@ def inspect_labels(
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
 ) -> None:
     """Show what label rectification does to real mixed samples."""
-    try:
-        from concutmix_cli import inspect as inspect_mod
-    except ImportError:
-        _not_yet("inspect-labels")
-    inspect_mod.run_inspect(
-        run, data=data, num=num, seed=seed, omega=omega, top_k=top_k, out=out, image=image,
-        csv=csv, as_json=as_json, device=device, console=console,
-    )
+    from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
+    from concutmix_cli.inspect import MAX_TILES, check_num, dump_bytes, grid_png_bytes, inspect_run
+    from concutmix_cli.inspect import rows_csv_text
+    from concutmix_cli.outputs import check_outputs
+
+    check_num(num)  # before any work, as the other checks of the options
+    if image is not None and num > MAX_TILES:
+        raise UserError(f"--image draws at most {MAX_TILES} tiles (got --num {num:,}); use a "
+                        f"smaller --num with --image, or --csv / --out for many samples")
+    check_outputs({"--out": out, "--image": image, "--csv": csv},
+                  reads=[run, *([data] if data else [])])
+    report = inspect_run(run, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
+                         device=device)
+    if out is not None:
+        atomic_write_bytes(out, dump_bytes(report.result))
+    if image is not None:
+        atomic_write_bytes(image, grid_png_bytes(report.result))
+    if csv is not None:
+        atomic_write_text(csv, rows_csv_text(report.rows))
+    if as_json:
+        typer.echo(json_text(report.summary))
+    else:
+        _print_inspect_report(report)
+
+
+def _fmt3(x: float) -> str:
+    return f"{x:.3f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def _print_inspect_report(report) -> None:
+    """The table of samples, the per-group summary and the notes of an `InspectReport`."""
+    from concutmix_cli.inspect import GROUPS
+
+    result, rows, summary, notes = report.result, report.rows, report.summary, report.notes
+    meta = result.meta
+    title = (f"{meta.get('source', 'model')} (epoch {meta.get('epoch')}): {result.num} mixed "
+             f"samples, seed {result.seed}, omega {result.omega:.4g}, top_k {result.top_k}")
+    table = Table(title=escape(title), title_justify="left")
+    for name, justify in (("#", "right"), ("class a", "left"), ("lam", "right"),
+                          ("class b", "left"), ("semantic top-3", "left"),
+                          ("omega*rho", "right"), ("max |rect-area|", "right"),
+                          ("prediction", "left")):
+        table.add_column(name, justify=justify)
+    for row in rows:
+        sem = ", ".join(f"{row[f'sem{j}']} {row[f'sem{j}_weight']:.2f}" for j in (1, 2, 3)
+                        if row[f"sem{j}"])
+        table.add_row(
+            str(row["sample"]), escape(row["class_a"]), f"{row['lam']:.2f}", escape(row["class_b"]),
+            escape(sem), _fmt3(row["omega_rho"]), _fmt3(row["max_change"]),
+            escape(f"{row['prediction']} {row['prediction_prob']:.2f}"),
+        )
+    console.print(table)
+
+    stats = Table(title="summary (groups: shot group of class a; head = many, tail = few)",
+                  title_justify="left")
+    for name in ("group", "n", "mean omega*rho", "max omega*rho", "mean L1 |rect-area|",
+                 "sem top-1 = a", "= b", "neither"):
+        stats.add_column(name, justify="left" if name == "group" else "right")
+    labels = {"all": "all", "many": "head (many)", "medium": "medium", "few": "tail (few)"}
+    for key in ("all", *GROUPS):
+        s = summary[key]
+        if s["n"] == 0:
+            stats.add_row(labels[key], "0", *["-"] * 6)
+            continue
+        stats.add_row(
+            labels[key], str(s["n"]), _fmt3(s["omega_rho_mean"]), _fmt3(s["omega_rho_max"]),
+            _fmt3(s["l1_mean"]), f"{100 * s['semantic_top1_a']:.0f}%",
+            f"{100 * s['semantic_top1_b']:.0f}%", f"{100 * s['semantic_top1_neither']:.0f}%",
+        )
+    console.print(stats)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
 def _one_line(err: BaseException) -> str:
+    param = getattr(err, "param", None)
+    if param and str(err).startswith(param):  # the library names its parameter; we, the option
+        return _one_line(Exception(f"--{param.replace('_', '-')}{str(err)[len(param):]}"))
     if isinstance(err, OSError):
         what = err.strerror or str(err)
         where = f": {err.filename}" if err.filename else ""

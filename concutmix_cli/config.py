@@ -40,7 +40,7 @@ class DataConfig(_Section):
     path: str = "data/synthetic-lt-if100"
     """A folder written by `concutmix prepare` (holds manifest.json)."""
     views: Literal["cifar", "imagenet"] = "cifar"
-    """Augmentation recipe of METHOD.md section 2: 32x32 CIFAR views or 224x224 ImageNet-like views."""
+    """Augmentation recipe of docs/method-notes.md section 2: 32x32 CIFAR views or 224x224 ImageNet-like views."""
     augment_on: Literal["loader", "device"] = "loader"
     """`loader`: torchvision transforms on PIL images in DataLoader workers; `device`: batched on the
     training device (CIFAR-sized in-memory data only)."""
@@ -89,7 +89,7 @@ class OptimConfig(_Section):
 
 
 class MethodConfig(_Section):
-    """The training method and its terms (METHOD.md sections 3, 5 and 6)."""
+    """The training method and its terms (docs/method-notes.md sections 3, 5 and 6)."""
 
     name: MethodName = "concutmix"
     alpha: float = Field(2.0, ge=0)

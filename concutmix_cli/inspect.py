@@ -1,4 +1,4 @@
-"""`concutmix inspect-labels`: what label rectification (METHOD.md section 6) does to real mixed samples.
+"""What label rectification (docs/method-notes.md section 6) does to real mixed samples.
 
 Three layers, so that notebooks and tests can stop at any of them:
 - `draw_mixed_samples`: N CutMix samples made the way training makes them (the classification
@@ -8,8 +8,9 @@ Three layers, so that notebooks and tests can stop at any of them:
   so one dump shows a range of mixing ratios. Depends only on (data, seed, views, beta).
 - `inspect_labels`: the trained model in eval mode on those samples, then `rectify_labels`, the
   very function `train` calls; returns an `InspectResult` (no printing, no files).
-- `run_inspect`: the CLI: loads the run, validates the options, prints the table and summary and
-  writes the safetensors dump, the PNG grid and the CSV (all atomically).
+- `inspect_run`: a trained run (or weights file) end to end: loads it and its data, checks the
+  settings, inspects, and returns an `InspectReport` (rows, summary, notes) without printing;
+  the `inspect-labels` command (cli.py) renders it and writes the dump, PNG grid and CSV.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from concutmix_cli.data.prepared import PreparedData
 from concutmix_cli.data.sampling import ClassBalancedSampler, counter_rng, counter_seed
 from concutmix_cli.config import MAX_SEED
 from concutmix_cli.engine.step import rectifies
-from concutmix_cli.errors import UserError
+from concutmix_cli.errors import BadValue, UserError
+from concutmix_cli.methods import method as method_of
 from concutmix_cli.mixing import area_labels as make_area_labels
 from concutmix_cli.mixing import draw_lambda, paste, sample_boxes
 from concutmix_cli.rectify import rectification_weight, rectify_labels
@@ -45,7 +47,9 @@ __all__ = [
     "grid_png_bytes",
     "inspect_labels",
     "rows_csv_text",
-    "run_inspect",
+    "InspectReport",
+    "check_num",
+    "inspect_run",
     "sample_rows",
     "summarize",
     "validate_settings",
@@ -122,8 +126,7 @@ def draw_mixed_samples(
     """
     from concutmix_cli.data.views import classification_view
 
-    if num < 1:
-        raise UserError(f"--num must be at least 1 (got {num})")
+    check_num(num, MAX_NUM if views_kind == "cifar" else MAX_NUM_LARGE)
     labels = np.asarray(data.train.labels, dtype=np.int64)
     if len(labels) == 0:
         raise UserError(f"{data.folder}: the training split is empty")
@@ -209,14 +212,22 @@ class InspectResult:
         return {name: getattr(self, name).detach().cpu().contiguous() for name in names}
 
 
-def validate_settings(num: int, omega: float, top_k: int, num_classes: int) -> None:
-    """The checks training applies (top_k <= C, omega >= 0), plus N >= 1, as one-line UserErrors."""
+def check_num(num: int, limit: int = MAX_NUM) -> None:
+    """1 <= num <= limit (the samples are held in memory): the one check of `num`."""
     if num < 1:
-        raise UserError(f"--num must be at least 1 (got {num})")
+        raise BadValue(f"num must be at least 1 (got {num})", param="num")
+    if num > limit:
+        raise BadValue(f"num {num:,} is more than the {limit:,} samples drawn at once (they are "
+                       f"held in memory); use {limit} or less, and other seeds for more", param="num")
+
+
+def validate_settings(omega: float, top_k: int, num_classes: int) -> None:
+    """The checks training applies (top_k <= C, omega >= 0), as one-line errors."""
     if not (isinstance(omega, (int, float)) and math.isfinite(omega) and omega >= 0):
-        raise UserError(f"--omega must be a finite number >= 0 (got {omega})")
+        raise BadValue(f"omega must be a finite number >= 0 (got {omega})", param="omega")
     if not 1 <= top_k <= num_classes:
-        raise UserError(f"--top-k must be between 1 and the {num_classes} classes (got {top_k})")
+        raise BadValue(f"top_k must be between 1 and the {num_classes} classes (got {top_k})",
+                       param="top_k")
 
 
 @torch.no_grad()
@@ -245,7 +256,7 @@ def inspect_labels(
     change). The model's train/eval mode is restored afterwards. Forward passes run in float32,
     `batch_size` images at a time.
     """
-    validate_settings(num, omega, top_k, data.num_classes)
+    validate_settings(omega, top_k, data.num_classes)
     device = torch.device(device)
     samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta, progress=progress)
     num_classes = data.num_classes
@@ -488,117 +499,61 @@ def grid_png_bytes(result: InspectResult, columns: int = GRID_COLUMNS) -> bytes:
     return buffer.getvalue()
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- a run, end to end
 
 
-def _print_report(result: InspectResult, rows: list[dict[str, Any]], summary: dict[str, Any],
-                  console, notes: list[str]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+@dataclass(frozen=True)
+class InspectReport:
+    """`inspect_run`'s answer: the samples and labels, one row per sample, the per-group summary
+    and notes on the run (trained before rectification, another method, other data)."""
 
-    meta = result.meta
-    title = (f"{meta.get('source', 'model')} (epoch {meta.get('epoch')}): {result.num} mixed "
-             f"samples, seed {result.seed}, omega {result.omega:.4g}, top_k {result.top_k}")
-    table = Table(title=escape(title), title_justify="left")
-    for name, justify in (("#", "right"), ("class a", "left"), ("lam", "right"),
-                          ("class b", "left"), ("semantic top-3", "left"),
-                          ("omega*rho", "right"), ("max |rect-area|", "right"),
-                          ("prediction", "left")):
-        table.add_column(name, justify=justify)
-    for row in rows:
-        sem = ", ".join(f"{row[f'sem{j}']} {row[f'sem{j}_weight']:.2f}" for j in (1, 2, 3)
-                        if row[f"sem{j}"])
-        table.add_row(
-            str(row["sample"]), escape(row["class_a"]), f"{row['lam']:.2f}", escape(row["class_b"]),
-            escape(sem), _fmt(row["omega_rho"]), _fmt(row["max_change"]),
-            escape(f"{row['prediction']} {row['prediction_prob']:.2f}"),
-        )
-    console.print(table)
-
-    stats = Table(title="summary (groups: shot group of class a; head = many, tail = few)",
-                  title_justify="left")
-    for name in ("group", "n", "mean omega*rho", "max omega*rho", "mean L1 |rect-area|",
-                 "sem top-1 = a", "= b", "neither"):
-        stats.add_column(name, justify="left" if name == "group" else "right")
-    labels = {"all": "all", "many": "head (many)", "medium": "medium", "few": "tail (few)"}
-    for key in ("all", *GROUPS):
-        s = summary[key]
-        if s["n"] == 0:
-            stats.add_row(labels[key], "0", *["-"] * 6)
-            continue
-        stats.add_row(
-            labels[key], str(s["n"]), _fmt(s["omega_rho_mean"]), _fmt(s["omega_rho_max"]),
-            _fmt(s["l1_mean"]), f"{100 * s['semantic_top1_a']:.0f}%",
-            f"{100 * s['semantic_top1_b']:.0f}%", f"{100 * s['semantic_top1_neither']:.0f}%",
-        )
-    console.print(stats)
-    for note in notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    result: InspectResult
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    notes: list[str]
 
 
-def _check_num(num: int, limit: int, image: Path | None) -> None:
-    if num > limit:
-        raise UserError(f"--num {num:,} is more than the {limit:,} samples inspect-labels draws at "
-                        f"once (they are held in memory); use --num {limit} or less, and other "
-                        "--seed values for more")
-    if image is not None and num > MAX_TILES:
-        raise UserError(f"--image draws at most {MAX_TILES} tiles (got --num {num:,}); use a "
-                        f"smaller --num with --image, or --csv / --out for many samples")
-
-
-def run_inspect(
-    run: Path,
-    data: Path | None = None,
+def inspect_run(
+    run: Path | str,
+    data: Path | str | None = None,
     num: int = 16,
     seed: int = 0,
     omega: float | None = None,
     top_k: int | None = None,
-    out: Path | None = None,
-    image: Path | None = None,
-    csv: Path | None = None,
-    as_json: bool = False,
     device: str = "auto",
-    console=None,
-) -> InspectResult:
-    """The `inspect-labels` command: load, inspect, print, write. Errors are `UserError`s."""
-    from rich.console import Console
-
-    from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
-    from concutmix_cli.outputs import check_outputs
+    *,
+    progress: bool | None = None,
+) -> InspectReport:
+    """Load a run folder or weights file (and its data, or `data`), draw `num` mixed samples with
+    `seed`, rectify them with the run's omega / top_k (or the ones given). Errors are `UserError`s
+    naming the parameter."""
     from concutmix_cli.engine.evaluate import (
         check_data_matches, load_data_of, load_trained_model, resolve_weights,
     )
     from concutmix_cli.engine.runtime import resolve_device
 
-    console = console or Console()
-    if num < 1:
-        raise UserError(f"--num must be at least 1 (got {num})")
-    _check_num(num, MAX_NUM, image)
+    check_num(num)
     if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"--seed must be between 0 and {MAX_SEED} (got {seed})")
-    check_outputs({"--out": out, "--image": image, "--csv": csv},
-                  reads=[Path(run), *([Path(data)] if data else [])])
+        raise BadValue(f"seed must be between 0 and {MAX_SEED} (got {seed})", param="seed")
     torch_device = resolve_device(device)
     weights = resolve_weights(Path(run))
     model, cfg, meta = load_trained_model(weights, torch_device)
-    prepared, _ = load_data_of(weights, cfg, meta, data)  # its note: below, with the others
+    prepared, _ = load_data_of(weights, cfg, meta, Path(data) if data is not None else None)
     check_data_matches(meta, prepared)
     trained_classes = meta.get("classes")
     if isinstance(trained_classes, list) and list(trained_classes) != prepared.classes:
         raise UserError(
             f"the classes of {weights} differ from those of {prepared.folder} (same count, "
-            "other names or order); pass the --data the model was trained on"
+            "other names or order); pass the data the model was trained on"
         )
-    if cfg.data.views != "cifar":
-        _check_num(num, MAX_NUM_LARGE, image)
     omega_v = cfg.method.omega if omega is None else float(omega)
     top_k_v = cfg.method.top_k if top_k is None else int(top_k)
-    validate_settings(num, omega_v, top_k_v, prepared.num_classes)
+    validate_settings(omega_v, top_k_v, prepared.num_classes)
 
     result = inspect_labels(
         model, prepared, num, seed, omega_v, top_k_v, torch_device, views_kind=cfg.data.views,
         cutmix_beta=cfg.method.cutmix_beta, batch_size=cfg.data.eval_batch_size,
-        progress=num >= 256,
+        progress=num >= 256 if progress is None else progress,
     )
     epoch = meta.get("epoch")
     result.meta.update({
@@ -608,28 +563,14 @@ def run_inspect(
     })
     notes = []
     after = cfg.method.rectify_after_epoch
+    method = method_of(cfg.method.name)
     # `epoch` epochs done = 0-based epochs 0..epoch-1; the first rectified one is after + 1
-    if isinstance(epoch, int) and cfg.method.name == "concutmix" and not rectifies(cfg.method, epoch - 1):
+    if isinstance(epoch, int) and method.rectifies and not rectifies(cfg.method, epoch - 1):
         notes.append(f"these weights were saved after {epoch} epoch(s), before training used "
                      f"rectified labels (0-based epochs after {after}: method.rectify_after_epoch)")
-    if cfg.method.name != "concutmix":
+    if not method.rectifies:
         notes.append(f"this run trained with method {cfg.method.name!r}, without rectification")
     if meta.get("data_checksum") and meta["data_checksum"] != prepared.manifest.get("checksum"):
         notes.append(f"{prepared.folder} is not the prepared folder the weights were trained on "
                      "(checksums differ); class counts are taken from it")
-
-    rows = sample_rows(result)
-    summary = summarize(result)
-    if out is not None:
-        atomic_write_bytes(Path(out), dump_bytes(result))
-    if image is not None:
-        atomic_write_bytes(Path(image), grid_png_bytes(result))
-    if csv is not None:
-        atomic_write_text(Path(csv), rows_csv_text(rows))
-    if as_json:
-        from concutmix_cli.fileio import json_text
-
-        print(json_text(summary))
-    else:
-        _print_report(result, rows, summary, console, notes)
-    return result
+    return InspectReport(result, sample_rows(result), summarize(result), notes)

@@ -1,8 +1,8 @@
-"""The training losses of METHOD.md section 5, as pure tensor functions.
+"""The training losses of docs/method-notes.md section 5, as pure tensor functions.
 
 Logit-adjusted cross entropy (hard, soft and mixed targets) and the balanced supervised
 contrastive loss (BCL) with class prototypes. Everything is vectorized (the reference code had a
-Python loop inside the contrastive loss: METHOD.md 8) and runs on the inputs' own device; half
+Python loop inside the contrastive loss: docs/method-notes.md section 8) and runs on the inputs' own device; half
 precision inputs are computed in float32, float64 inputs stay float64.
 """
 
@@ -61,7 +61,7 @@ def logit_adjusted_ce(
 ) -> torch.Tensor:
     """CE of (logits + tau * log_prior) against a hard (int [N]) or soft (float [N, C]) target.
 
-    The adjustment is for training only; evaluation uses the raw logits (METHOD.md 5).
+    The adjustment is for training only; evaluation uses the raw logits (docs/method-notes.md section 5).
     """
     adjusted = _adjust(logits, log_prior, tau)
     if target.is_floating_point():
@@ -79,7 +79,7 @@ def mixed_ce(
 ) -> torch.Tensor:
     """Mean over the batch of lam_i CE_i(a_i) + (1 - lam_i) CE_i(b_i) on the adjusted logits.
 
-    The loss of a mixed batch before label rectification starts (METHOD.md 5). Equal to the
+    The loss of a mixed batch before label rectification starts (docs/method-notes.md section 5). Equal to the
     soft-target CE against the area label, but kept in this form to match the recipe.
     """
     adjusted = _adjust(logits, log_prior, tau)
@@ -102,7 +102,7 @@ def balanced_contrastive_loss(
     temperature: float,
     anchor_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Balanced supervised contrastive loss (BCL) with prototypes, METHOD.md 5.
+    """Balanced supervised contrastive loss (BCL) with prototypes, docs/method-notes.md section 5.
 
     S = the M (already L2-normalized) features plus the C (normalized) prototypes labelled
     arange(C). For anchor i: positives P(i) = the other members of S with i's label; each

@@ -1,9 +1,9 @@
-"""CutMix with a class-balanced foreground (METHOD.md section 3), as pure tensor functions.
+"""CutMix with a class-balanced foreground (docs/method-notes.md section 3), as pure tensor functions.
 
 The sampler picks *which* images are mixed; this module only draws lambda and the boxes,
 pastes, and builds the area labels. Boxes and lambda draws are made on the CPU with an explicit
 `torch.Generator`, so a run is reproducible from its seed and its saved generator state (the
-reference code reseeded numpy inside the dataset and repeated its lambda draws: METHOD.md 8).
+reference code reseeded numpy inside the dataset and repeated its lambda draws: docs/method-notes.md section 8).
 Pasting and labels run on the images' own device (CPU or CUDA alike).
 """
 

@@ -1,4 +1,4 @@
-"""Label rectification, the ConCutMix step (METHOD.md section 6), as one pure function.
+"""Label rectification, the ConCutMix step (docs/method-notes.md section 6), as one pure function.
 
 The area label of a mixed image is blended with a semantic label read from the contrastive
 feature space (inverse distances to the class prototypes, top-k only), with a weight that grows

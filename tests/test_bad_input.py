@@ -156,7 +156,7 @@ def test_train_preset_with_unknown_key(cli, data4, tmp_path):
     (["--set", "method.omega=-0.5"],
      ["--set method.omega=-0.5: bad value for 'method.omega' (-0.5)", "greater than or equal to 0"]),
     (["--set", "method.top_k=5"],
-     ["method.top_k = 5 exceeds the 4 classes of", "--set method.top_k=N with N <= 4"]),
+     ["method.top_k = 5 exceeds the 4 classes of", "set method.top_k to 4 or less"]),
     (["--batch-size", "1", "--method", "bcl"],
      ["optim.batch_size must be at least 2 for the contrastive loss of bcl (got 1)",
       "use --batch-size 2 or more"]),

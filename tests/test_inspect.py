@@ -88,7 +88,7 @@ def run_cli(args, capsys, monkeypatch):
 
 
 def reference_rectification(area, features, prototypes, counts, omega, top_k, kept=None):
-    """METHOD.md section 6 written out plainly (float64), independent of concutmix_cli.rectify.
+    """docs/method-notes.md section 6 written out plainly (float64), independent of concutmix_cli.rectify.
 
     `kept` [N, C] bool: the top-k set to use when distances tie to within float32 precision (an
     undertrained model puts prototypes nearly equidistant, and float32 vs float64 may then break

@@ -6,7 +6,7 @@ from concutmix_cli.data.longtail import (
 )
 from concutmix_cli.errors import UserError
 
-# Training-set sizes of the LDAM-DRW protocol (METHOD.md section 1).
+# Training-set sizes of the LDAM-DRW protocol (docs/method-notes.md section 1).
 PUBLISHED_SIZES = {
     (100, 500, 100): 10847, (100, 500, 50): 12608, (100, 500, 10): 19573,
     (10, 5000, 100): 12406, (10, 5000, 50): 13996, (10, 5000, 10): 20431,

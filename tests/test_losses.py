@@ -1,4 +1,4 @@
-"""Losses (METHOD.md 5) against slow, plainly written loop references."""
+"""Losses (docs/method-notes.md section 5) against slow, plainly written loop references."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def ref_mixed_ce(logits, a, b, lam, log_prior, tau) -> float:
 
 
 def ref_bcl_per_anchor(features, labels, prototypes, temperature, balanced=True) -> list[float]:
-    """Per-anchor BCL straight from METHOD.md 5; balanced=False gives SupCon with prototypes."""
+    """Per-anchor BCL straight from docs/method-notes.md section 5; balanced=False gives SupCon with prototypes."""
     members = [list(f) for f in features] + [list(p) for p in prototypes]
     member_labels = list(labels) + list(range(len(prototypes)))
 

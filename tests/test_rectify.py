@@ -1,4 +1,4 @@
-"""Label rectification (METHOD.md 6): hand-computed values, invariants, argument checks."""
+"""Label rectification (docs/method-notes.md section 6): hand-computed values, invariants, argument checks."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_weight_capped_at_one():
 def test_rho_for_cifar100_lt_if100_is_of_the_published_order():
     c = 100
     counts = torch.tensor([int(500 * (1 / 100) ** (k / 99)) for k in range(c)])
-    assert int(counts.sum()) == 10847  # METHOD.md 1
+    assert int(counts.sum()) == 10847  # docs/method-notes.md section 1
     omega = 20 / 255
     g = torch.Generator().manual_seed(0)
     pairs = [(0, 99), (0, 1), (50, 51), (98, 99), (10, 80)]

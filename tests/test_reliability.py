@@ -311,14 +311,14 @@ def test_skipped_bad_batch_is_counted_and_training_goes_on(data4, tmp_path):
 
     trainer.step_fn = nan_at_the_first_step
     lines: list[str] = []
-    trainer.console = type("Console", (), {"print": lambda self, text: lines.append(text)})()
-    row = trainer.train_epoch(0, None)  # the first batch is skipped, the second trains
+    trainer.emit = lambda event: lines.append(f"{event.kind}: {event.text}" if hasattr(event, "kind") else "")
+    row = trainer.train_epoch(0)  # the first batch is skipped, the second trains
     assert row["steps"] == 1 and row["samples_per_s"] > 0 and trainer.bad_steps == 1
     assert any("skipping batch" in t and "epoch 1, step 1: non-finite cls loss (1/1)" in t
                for t in lines)
     # a second one is over the limit of 1: the run stops, naming epoch, step and term
     with pytest.raises(NonFiniteLoss, match=r"^epoch 2, step 1: non-finite cls loss; stopped"):
-        trainer.train_epoch(1, None)
+        trainer.train_epoch(1)
 
 
 def test_grad_scaler_skipped_steps_are_counted(data4, tmp_path):
@@ -327,7 +327,7 @@ def test_grad_scaler_skipped_steps_are_counted(data4, tmp_path):
     # step and halves the scale, as in fp16 training (fp16 itself needs CUDA)
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    row = trainer.train_epoch(0, None)
+    row = trainer.train_epoch(0)
     assert row["skipped_steps"] == 1 and row["steps"] == 1
     assert trainer.scaler.get_scale() == 2.0**126
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters()))

@@ -1,4 +1,4 @@
-"""The CIFAR training views of METHOD.md section 2, batched, on the training device.
+"""The CIFAR training views of docs/method-notes.md section 2, batched, on the training device.
 
 `views.py` is the loader path: torchvision transforms applied to one PIL image at a time in
 DataLoader workers. This module is its batched equivalent for data held as one uint8 tensor: it
@@ -759,7 +759,7 @@ def _ship(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, t
 
 
 class DeviceViews:
-    """CIFAR views of METHOD.md section 2 on uint8 batches already on the training device.
+    """CIFAR views of docs/method-notes.md section 2 on uint8 batches already on the training device.
 
     images: uint8 [N, 3, H, W] on any device; generator: a CPU torch.Generator from which all
     per-sample randomness is drawn. Outputs are float32 [N, 3, size, size], normalized, on the

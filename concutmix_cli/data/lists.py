@@ -1,4 +1,4 @@
-"""Split-list data sources: ImageNet-LT, Places-LT and iNaturalist 2018 (METHOD.md section 1).
+"""Split-list data sources: ImageNet-LT, Places-LT and iNaturalist 2018 (docs/method-notes.md section 1).
 
 These benchmarks come as fixed split files, one ``relative/path label`` line per image, next to
 an image tree the user supplies. ``concutmix prepare imagenet-lt|places-lt|inat2018`` reads the

@@ -142,6 +142,7 @@ def build_train_loader(
         StepDataset(data, views_kind, contrast),
         sampler=PlanSampler(planner),
         batch_size=None,  # the dataset makes whole batches
+        generator=torch.Generator(),  # its worker base seed: unused, and not the caller's RNG
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,

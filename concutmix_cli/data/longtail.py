@@ -1,4 +1,4 @@
-"""Long-tailed benchmarks (METHOD.md section 1): the exponential profile, the LDAM-DRW subset
+"""Long-tailed benchmarks (docs/method-notes.md section 1): the exponential profile, the LDAM-DRW subset
 selection, shot groups, and the prepared folder's manifest.
 
 The selection reproduces LDAM-DRW / BCL byte for byte: numpy's legacy global RNG is seeded once,

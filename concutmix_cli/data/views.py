@@ -1,4 +1,4 @@
-"""The training views of METHOD.md section 2, as torchvision transforms on PIL images.
+"""The training views of docs/method-notes.md section 2, as torchvision transforms on PIL images.
 
 View 0 (classification) and views 1, 2 (contrastive, SimCLR style). This is the loader path:
 per-image transforms in DataLoader workers. `device_augment.py` has the batched equivalent that

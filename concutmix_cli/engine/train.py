@@ -1,20 +1,21 @@
 """The training loop, readable top to bottom: config -> data -> model -> epochs of steps ->
 evaluation -> checkpoint. One loop serves every method; `MethodStep` decides what a step computes.
+
+Library code: no printing, no signal handlers, no global RNG seeding. What happens is sent as
+events (events.py) to the caller's callbacks; a stop is asked for through a `StopFlag`. The CLI
+(cli.py) renders the events and owns the signals.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from concutmix_cli import __version__
 from concutmix_cli.config import Config, build_config, upgrade_saved_config
@@ -29,11 +30,13 @@ from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
 from concutmix_cli.engine.runlock import RunLock
 from concutmix_cli.engine.step import MethodStep
 from concutmix_cli.errors import UserError
+from concutmix_cli.events import Callback, EpochDone, EpochStarted, Message, StepDone, StopFlag, emitter
 from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
 from concutmix_cli.methods import method as method_of
 from concutmix_cli.models.build import build_model
 
-EXIT_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+STOP_EXIT_CODE = 143
+"""The exit code of a stop that did not say its own (SIGTERM's)."""
 
 
 class NonFiniteLoss(UserError):
@@ -109,20 +112,24 @@ def resolve_request(request: TrainRequest) -> tuple[Config, RunFolder, bool]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run: RunFolder, console: Console | None = None,
-                 ctx: dist_utils.DistContext | None = None):
+    """Everything one run trains with. `data`: an already loaded dataset (else `cfg.data.path`
+    is loaded); `on_event`: receives the run's events; `stop`: checked at safe points."""
+
+    def __init__(self, cfg: Config, run: RunFolder, ctx: dist_utils.DistContext | None = None, *,
+                 data: PreparedData | None = None, on_event: Callback | None = None,
+                 stop: StopFlag | None = None):
         self.cfg = cfg
         self.run = run
-        self.console = console or Console(quiet=True)
+        self.emit = on_event or (lambda event: None)
+        self.stop = stop or StopFlag()
         self.ctx = ctx or dist_utils.DistContext()
         rt = cfg.runtime
         self.device = runtime.resolve_device(rt.device, self.ctx.local_rank)
         self.precision = runtime.resolve_precision(rt, self.device)
         self.channels_last = runtime.use_channels_last(rt, self.device, self.precision)
         runtime.set_deterministic(rt.deterministic)
-        runtime.seed_everything(rt.seed)
 
-        self.data = load_prepared(cfg.data.path)
+        self.data = data if data is not None else load_prepared(cfg.data.path)
         check_config_against_data(cfg, self.data)
         self.class_counts = torch.tensor(self.data.train_counts, dtype=torch.float32)
         self.method = method_of(cfg.method.name)
@@ -137,7 +144,9 @@ class Trainer:
             raise UserError(f"optim.batch_size {cfg.optim.batch_size} is larger than the "
                             f"{len(self.data.train)} training images")
 
-        self.model = build_model(cfg.model, self.data.num_classes).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the run's seed, the caller's RNG untouched
+            torch.manual_seed(rt.seed)
+            self.model = build_model(cfg.model, self.data.num_classes).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model = self._wrap_distributed(self.model)
@@ -158,7 +167,6 @@ class Trainer:
         self.start_epoch, self.start_step = 0, 0
         self.partial: dict[str, float] = {}
         self.best_val: float | None = None
-        self._stop_code: int | None = None
         self.bad_steps = 0
 
     def _wrap_distributed(self, model):
@@ -217,23 +225,23 @@ class Trainer:
     def restore(self) -> None:
         if self.ctx.is_main:  # what a killed process was writing when it died
             for leftover in self.run.remove_temporaries():
-                self.console.print(f"removed an unfinished write: {leftover}")
+                self.emit(Message(f"removed an unfinished write: {leftover}"))
             for note in self.run.recover_index():  # a lost index: never start over on top
-                self.console.print(f"[yellow]note:[/] {note}")
+                self.emit(Message(note, "note"))
         dist_utils.barrier(self.ctx)
         entry, notes = self.run.newest_intact()
         if dist_utils.any_rank(dist_utils.broadcast_object(entry, self.ctx) != entry, self.ctx):
             raise UserError(f"{self.run.path}: the processes do not all see rank 0's checkpoint; "
                             "the run folder must be on a filesystem that every node shares")
         for note in notes:
-            self.console.print(f"[yellow]skipping checkpoint:[/] {note}")
+            self.emit(Message(note, "skipping checkpoint"))
         if entry is None:
             if notes:
                 raise UserError(f"{self.run.path}: no intact checkpoint to resume from "
                                 f"({'; '.join(notes)}); start a new run with --out")
             if self.ctx.is_main:  # rows of epochs that were never checkpointed are redone
                 self.run.truncate_metrics(0)
-            self.console.print("no checkpoint yet: starting from the beginning")
+            self.emit(Message("no checkpoint yet: starting from the beginning"))
             return
         from concutmix_cli.engine.checkpoint import read_weights
 
@@ -266,7 +274,7 @@ class Trainer:
             self.run.sync_last(entry)  # last.safetensors may be newer than the index, or damaged
         where = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step}" if self.start_step else "")
         fallback = f" (the newest intact checkpoint, {entry['weights']})" if notes else ""
-        self.console.print(f"resuming {self.run.path} at {where}{fallback}")
+        self.emit(Message(f"resuming {self.run.path} at {where}{fallback}"))
 
     # ------------------------------------------------------------------ the loop
 
@@ -300,10 +308,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return scale_before is not None and self.scaler.get_scale() < scale_before
 
-    def _handle_signal(self, signum, _frame) -> None:
-        self._stop_code = EXIT_SIGNALS.get(signal.Signals(signum), 130)
+    def _stop_requested(self) -> bool:
+        """Whether any process was asked to stop (all stop together)."""
+        return dist_utils.any_rank(self.stop.requested, self.ctx)
 
-    def train_epoch(self, epoch: int, progress: Progress | None) -> dict[str, float]:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         model = self.train_model
         model.train()
@@ -320,8 +329,9 @@ class Trainer:
                 ("loss", "cls", "bcl", "correct", "rect_weight")}
         counts = {k: int(restored.get(k, 0)) for k in
                   ("samples", "steps", "mixed", "rectified", "skipped")}
-        task = progress.add_task(f"epoch {epoch + 1}/{cfg.optim.epochs}", total=steps,
-                                 completed=start_step) if progress else None
+        report = self.ctx.is_main
+        if report:
+            self.emit(EpochStarted(epoch, cfg.optim.epochs, steps, start_step))
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         for batch in self.batches.epoch(epoch, start_step):
@@ -342,23 +352,20 @@ class Trainer:
             counts["samples"] += n
             counts["steps"] += 1
             counts["mixed"] += int(batch.mixed)
-            if progress is not None and (step % 5 == 0 or step + 1 == steps):
+            if report and (step % 5 == 0 or step + 1 == steps):  # a host sync: every 5 steps only
                 elapsed = time.perf_counter() - started
-                progress.update(task, completed=step + 1, description=(
-                    f"epoch {epoch + 1}/{cfg.optim.epochs} loss {float(sums['loss']) / counts['samples']:.3f}"
-                    f" lr {lr:.4f} {counts['samples'] * self.ctx.world_size / max(elapsed, 1e-9):.0f} img/s"))
+                self.emit(StepDone(epoch, cfg.optim.epochs, step, steps, float(sums["loss"]) / counts["samples"], lr,
+                                   counts["samples"] * self.ctx.world_size / max(elapsed, 1e-9)))
             # stop together, and only after an optimizer step: the gradients accumulated since
             # the last one are not saved, so stopping between would not resume exactly
-            if self.ends_accumulation(step) and dist_utils.any_rank(self._stop_code is not None, self.ctx):
+            if self.ends_accumulation(step) and self._stop_requested():
                 partial = _merge_partial(restored, sums, counts, time.perf_counter() - started)
                 reduced = torch.tensor([partial[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
                                        device=self.device)
                 self.partial = dict(zip(_PARTIAL_KEYS, dist_utils.all_reduce_sum(
                     reduced, self.ctx).tolist()))
                 self.save_checkpoint(epoch, step + 1)
-                raise StopRequested(self._stop_code or EXIT_SIGNALS[signal.SIGTERM])
-        if progress is not None:
-            progress.remove_task(task)
+                raise StopRequested(self.stop.exit_code or STOP_EXIT_CODE)
         seconds = time.perf_counter() - started
         totals = _merge_partial(restored, sums, counts, seconds)
         reduced = torch.tensor([totals[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
@@ -390,8 +397,8 @@ class Trainer:
                 f"{where}; stopped ({self._what_is_kept()}). Lower the "
                 f"learning rate, or allow skipping with --set runtime.max_bad_steps=N"
             )
-        self.console.print(f"[yellow]skipping batch:[/] {where} "
-                           f"({self.bad_steps}/{self.cfg.runtime.max_bad_steps})")
+        self.emit(Message(f"{where} ({self.bad_steps}/{self.cfg.runtime.max_bad_steps})",
+                          "skipping batch"))
 
     def evaluate(self, split: str) -> dict[str, Any] | None:
         if getattr(self.data, split) is None:
@@ -405,17 +412,10 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
-        previous = {sig: signal.signal(sig, self._handle_signal) for sig in EXIT_SIGNALS}
         rows = []
-        progress = None
-        if self.ctx.is_main and self.console.is_terminal:
-            progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                                console=self.console, transient=True)
-            progress.start()
         try:
             for epoch in range(self.start_epoch, cfg.optim.epochs):
-                row = self.train_epoch(epoch, progress)
+                row = self.train_epoch(epoch)
                 self.partial = {}
                 test, val = self.evaluate("test"), self.evaluate("val")
                 row = {"epoch": epoch + 1, **row}
@@ -430,15 +430,10 @@ class Trainer:
                 rows.append(row)
                 dist_utils.barrier(self.ctx)
                 # a signal during evaluation or the checkpoint: stop at this epoch boundary
-                if epoch + 1 < cfg.optim.epochs and dist_utils.any_rank(
-                        self._stop_code is not None, self.ctx):
-                    raise StopRequested(self._stop_code or EXIT_SIGNALS[signal.SIGTERM])
+                if epoch + 1 < cfg.optim.epochs and self._stop_requested():
+                    raise StopRequested(self.stop.exit_code or STOP_EXIT_CODE)
         finally:
-            if progress is not None:
-                progress.stop()
             self.batches.close()  # however training ends, no worker outlives it
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         return rows
 
     def _end_of_epoch(self, epoch: int, row: dict[str, Any], val: dict[str, Any] | None) -> None:
@@ -448,7 +443,7 @@ class Trainer:
             self.run.write_best(  # its sha256 goes into the index with the checkpoint below
                 weights_bytes(self.model.state_dict(), self._metadata(epoch + 1)))
         self.save_checkpoint(epoch + 1)
-        self.console.print(_summary_line(row, self.cfg.optim.epochs))
+        self.emit(EpochDone(epoch, row, _summary_line(row, self.cfg.optim.epochs)))
 
 
 _PARTIAL_KEYS = ("loss", "cls", "bcl", "correct", "rect_weight", "samples", "steps", "mixed",
@@ -481,60 +476,83 @@ def _summary_line(row: dict[str, Any], epochs: int) -> str:
     return text + f"  {row['seconds']:.1f}s {row['samples_per_s']:.0f} img/s"
 
 
-def run_training(request: TrainRequest, console: Console | None = None) -> Path:
-    """Entry point of `concutmix train` (and of torchrun): returns the run folder."""
-    console = console or Console()
-    cfg, run, resuming = resolve_request(request)
-    if resuming and not _names_data(request):  # the run's own data: is it still there?
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` did: the run folder, the metrics rows of the epochs trained now, and whether
+    it stopped early on request (then `exit_code` says why and the run can be resumed)."""
+
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    stopped: bool = False
+    exit_code: int = 0
+
+
+def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | None = None,
+        callbacks: Callback | list[Callback] | None = None,
+        stop: StopFlag | None = None, check_run_data: bool = True) -> TrainResult:
+    """Train `cfg` into `run` (a new folder, or the run to resume), under torchrun too.
+    `check_run_data`: on resume, check that the run's own data is still where it was."""
+    emit = emitter(callbacks)
+    if resuming and data is None and check_run_data:
         resume.check_run_data(cfg.data.path, str(run.config_path), resume.recorded_checksum(run.path))
-    resume.absolute_data_path(cfg)
+    if data is None:
+        resume.absolute_data_path(cfg)
+    else:  # the config (saved in the run) names the data the run trains on
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.path = str(Path(data.folder).resolve())
     ctx = dist_utils.init_from_env(cfg.runtime.device)
     if not ctx.is_main:
-        console = Console(quiet=True)
+        emit = emitter(None)
     lock = RunLock(run.path)  # one writer per run folder (rank 0 holds it for the job)
     try:
         if not resuming:  # rank 0 creates the folder; every rank then uses rank 0's path
             def create() -> str:
                 run.create()
-                _note(console, lock.acquire())
+                _note(emit, lock.acquire())
                 run.check_new()  # another `train --out` may have taken the folder meanwhile
                 atomic_write_text(run.config_path, cfg.to_json())
                 return str(run.path)
 
             run = RunFolder(Path(dist_utils.main_first(create, ctx)))
         elif ctx.is_main:
-            _note(console, lock.acquire())
+            _note(emit, lock.acquire())
         try:
-            trainer = Trainer(cfg, run, console, ctx)
+            trainer = Trainer(cfg, run, ctx, data=data, on_event=emit, stop=stop)
         except BaseException:
             if ctx.is_main and not resuming:  # bad data or config: leave no empty run behind
                 lock.release()
                 run.discard_new()
             raise
         if resuming:  # checks model and data against the checkpoint before anything is written
-            _resume_notes(console, run, cfg, trainer)
+            _resume_notes(emit, run, cfg, trainer)
             trainer.restore()
             if trainer.start_epoch >= cfg.optim.epochs:
-                console.print(f"{run.path} already finished its {trainer.start_epoch} epoch(s): "
-                              "nothing to train (extend it with --epochs N)")
+                emit(Message(f"{run.path} already finished its {trainer.start_epoch} epoch(s): "
+                             "nothing to train (extend it with more optim.epochs)"))
         if ctx.is_main:
             atomic_write_bytes(run.path / "manifest.json",
                                (trainer.data.folder / "manifest.json").read_bytes())
             if resuming:
                 atomic_write_text(run.config_path, cfg.to_json())
         if not resuming:
-            console.print(f"training {cfg.method.name} ({cfg.preset}) on {trainer.data.folder} "
-                          f"-> {run.path}  ({trainer.device.type}, {trainer.precision.name})")
+            emit(Message(f"training {cfg.method.name} ({cfg.preset}) on {trainer.data.folder} "
+                         f"-> {run.path}  ({trainer.device.type}, {trainer.precision.name})"))
         try:
-            trainer.fit()
-        except StopRequested as stop:
-            console.print(f"stopped; resume with: concutmix train --resume {run.path}")
-            raise SystemExit(stop.exit_code) from None
-        console.print(f"done: {run.path}")
-        return run.path
+            rows = trainer.fit()
+        except StopRequested as stopped:
+            return TrainResult(run.path, [], stopped=True, exit_code=stopped.exit_code)
+        return TrainResult(run.path, rows)
     finally:
         lock.release()
         dist_utils.shutdown()
+
+
+def run_training(request: TrainRequest, callbacks: Callback | list[Callback] | None = None,
+                 stop: StopFlag | None = None) -> TrainResult:
+    """`concutmix train` (and torchrun): the request's config and folder, then `run`."""
+    cfg, folder, resuming = resolve_request(request)
+    return run(cfg, folder, resuming, callbacks=callbacks, stop=stop,
+               check_run_data=not _names_data(request))
 
 
 def _names_data(request: TrainRequest) -> bool:
@@ -543,12 +561,12 @@ def _names_data(request: TrainRequest) -> bool:
         o.split("=", 1)[0].strip() == "data.path" for o in request.overrides)
 
 
-def _note(console: Console, note: str | None) -> None:
+def _note(emit: Callback, note: str | None) -> None:
     if note:
-        console.print(f"[yellow]note:[/] {note}")
+        emit(Message(note, "note"))
 
 
-def _resume_notes(console: Console, run: RunFolder, cfg: Config, trainer: Trainer) -> None:
+def _resume_notes(emit: Callback, run: RunFolder, cfg: Config, trainer: Trainer) -> None:
     """Say what a resume changes: other settings than the run's, other data."""
     import json
 
@@ -558,8 +576,8 @@ def _resume_notes(console: Console, run: RunFolder, cfg: Config, trainer: Traine
         saved = {}
     changes = resume.changed_settings(saved if isinstance(saved, dict) else {}, cfg)
     if changes:
-        console.print(f"[yellow]note:[/] resuming with changed settings ({'; '.join(changes)}); "
-                      "the run continues validly but will not equal an uninterrupted one")
-    _note(console, resume.other_data_note(resume.recorded_checksum(run.path),
+        emit(Message(f"resuming with changed settings ({'; '.join(changes)}); "
+                     "the run continues validly but will not equal an uninterrupted one", "note"))
+    _note(emit, resume.other_data_note(resume.recorded_checksum(run.path),
                                           trainer.data.manifest.get("checksum"),
                                           trainer.data.folder))

@@ -1,4 +1,4 @@
-"""The CIFAR ResNet of the LDAM-DRW / BCL line of work (METHOD.md section 4).
+"""The CIFAR ResNet of the LDAM-DRW / BCL line of work (docs/method-notes.md section 4).
 
 A 3x3 stem convolution with 16 channels, BatchNorm and ReLU, then three stages of n BasicBlocks
 with 16, 32 and 64 channels (strides 1, 2, 2), then global average pooling. depth = 6n + 2, so

@@ -1,0 +1,62 @@
+"""The library's front door: train, evaluate and inspect from Python, without the CLI.
+
+    from concutmix_cli import train, evaluate
+    result = train("smoke", "runs/nb", data="data/synthetic-lt-if100",
+                   overrides=["optim.epochs=1"], callbacks=print)
+    report = evaluate(result.run_dir)
+    print(report["overall"])
+
+Nothing here prints or installs signal handlers; progress comes as events (events.py) to
+`callbacks`, a stop is asked for with a `StopFlag`, errors are `UserError`s naming the parameter
+or config key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from concutmix_cli.config import Config, build_config
+from concutmix_cli.data.prepared import PreparedData, load_prepared
+from concutmix_cli.engine.checkpoint import RunFolder
+from concutmix_cli.engine.evaluate import evaluate_run
+from concutmix_cli.engine.train import TrainResult, run
+from concutmix_cli.events import Callback, StopFlag
+from concutmix_cli.inspect import InspectReport, inspect_run
+
+__all__ = ["evaluate", "inspect_labels", "train", "TrainResult", "InspectReport", "StopFlag"]
+
+
+def train(config: Config | dict[str, Any] | str, run_dir: Path | str, *,
+          data: PreparedData | Path | str | None = None, overrides: list[str] | None = None,
+          callbacks: Callback | list[Callback] | None = None,
+          stop: StopFlag | None = None) -> TrainResult:
+    """Train a new run into `run_dir` (which must not hold a run yet).
+
+    `config`: a `Config`, a raw dict, or a preset name / TOML path; `overrides`: "section.key=value"
+    strings on top; `data`: a prepared folder or an already loaded `PreparedData` (default: the
+    config's data.path)."""
+    if isinstance(config, Config):
+        cfg = build_config(base=config.model_dump(), overrides=overrides)
+    elif isinstance(config, dict):
+        cfg = build_config(base=config, overrides=overrides)
+    else:
+        cfg = build_config(preset=str(config), overrides=overrides)
+    if data is not None and not isinstance(data, PreparedData):
+        data = load_prepared(Path(data))
+    return run(cfg, RunFolder(Path(run_dir)), False, data=data, callbacks=callbacks, stop=stop)
+
+
+def evaluate(run_or_weights: Path | str, *, data: Path | str | None = None, split: str = "test",
+             device: str = "auto") -> dict[str, Any]:
+    """Top-1 (overall, many / medium / few), per-class accuracy and ECE of trained weights."""
+    return evaluate_run(Path(run_or_weights), data=Path(data) if data else None, split=split,
+                        device=device)
+
+
+def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None, num: int = 16,
+                   seed: int = 0, omega: float | None = None, top_k: int | None = None,
+                   device: str = "auto") -> InspectReport:
+    """What rectification does to `num` mixed samples of the run's data, as data."""
+    return inspect_run(run_or_weights, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
+                       device=device, progress=False)
