@@ -126,3 +126,29 @@ def test_loader_autoaugment_fills_grey_and_shears_bicubically():
     # the classification view of the loader path uses it
     ops = views.classification_view("cifar", (0.5,) * 3, (0.25,) * 3).transforms
     assert any(isinstance(op, views.ReferenceAutoAugment) for op in ops)
+
+
+def test_weights_of_a_version_0_1_run_still_load_as_the_cosine_model_they_are(tiny_data, tmp_path):
+    from concutmix_cli.config import Config, ModelConfig
+    from concutmix_cli.engine.checkpoint import weights_bytes
+    from concutmix_cli.engine.evaluate import evaluate_run, load_trained_model
+
+    data = load_prepared(tiny_data)
+    torch.manual_seed(0)
+    old_model = build_model(ModelConfig(classifier="cosine", proj_hidden=16, proj_dim=8), data.num_classes)
+    config = Config().model_dump()  # as 0.1 wrote it: no classifier, rectify_start_epoch
+    config["model"].update(proj_hidden=16, proj_dim=8)
+    config["data"]["path"] = str(tiny_data)
+    del config["model"]["classifier"], config["optim"]["drop_last"], config["method"]["rectify_after_epoch"]
+    config["method"]["rectify_start_epoch"] = 100
+    weights = tmp_path / "old.safetensors"
+    weights.write_bytes(weights_bytes(old_model.state_dict(), {
+        "config": config, "epoch": 3, "num_classes": data.num_classes, "classes": data.classes,
+        "arch": "resnet32"}))
+    model, cfg, _ = load_trained_model(weights, torch.device("cpu"))
+    assert cfg.model.classifier == "cosine" and cfg.method.rectify_after_epoch == 99
+    assert model.classifier.weight.shape == (64, data.num_classes)
+    for key, value in old_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    report = evaluate_run(weights, data=tiny_data, device="cpu")
+    assert report["num_samples"] == len(data.test)
