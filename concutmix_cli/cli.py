@@ -8,7 +8,6 @@ User errors (`UserError`, unreadable paths, a full disk) print one line and exit
 from __future__ import annotations
 
 import errno
-import json
 import signal
 import sys
 from pathlib import Path

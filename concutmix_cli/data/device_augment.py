@@ -40,7 +40,7 @@ import torch.nn.functional as nnf
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 from torchvision.transforms.v2 import functional as TF
 
-from .views import AUTOAUGMENT_FILL, CIFAR_BLUR_KERNEL
+from .views import AUTOAUGMENT_FILL, BICUBIC_OPS, CIFAR_BLUR_KERNEL
 
 __all__ = [
     "DeviceViews",
@@ -60,7 +60,6 @@ __all__ = [
     "grayscale",
     "gaussian_blur",
     "autoaugment_inverse_matrices",
-    "affine_nearest",
     "affine_warp",
     "apply_autoaugment_op",
 ]
@@ -90,7 +89,7 @@ _UINT8_MAX = 255.0
 
 # AutoAugment operation names (torchvision's names); the geometric ones become affine warps with
 # per-sample matrices: one bicubic warp for the shears, one nearest-neighbour warp for the rest.
-_SHEARS = ("ShearX", "ShearY")
+_SHEARS = BICUBIC_OPS  # as views.ReferenceAutoAugment resamples them
 _GEOMETRIC = _SHEARS + ("TranslateX", "TranslateY", "Rotate")
 _AA_OPS = _GEOMETRIC + (
     "Brightness",
@@ -672,11 +671,6 @@ def affine_warp(images: torch.Tensor, matrices: torch.Tensor, mode: str = "neare
     _, _, h, w = images.shape
     theta = _rescaled_theta(matrices.cpu(), h, w).to(images.device)
     return _affine_apply(images, theta, mode=mode, fill=float(fill))
-
-
-def affine_nearest(images: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """Per-sample nearest-neighbour affine warp with zero fill (torchvision's tensor `affine`)."""
-    return affine_warp(images, matrices, "nearest", 0.0)
 
 
 def apply_autoaugment_op(name: str, images: torch.Tensor, magnitude: torch.Tensor,

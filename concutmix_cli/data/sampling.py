@@ -102,7 +102,6 @@ class EpochPlanner:
         self.rank = rank
         self.world_size = world_size
         self.max_steps = max_steps
-        self.drop_last = drop_last
         self.view_size = view_size
         full, rest = divmod(len(self.labels), batch_size)
         # the last partial batch, trimmed to a multiple of the process count (equal local batches)
@@ -135,12 +134,10 @@ class EpochPlanner:
         mix = bool(mix_rng.random() < self.mix_prob)
         lam = float(mix_rng.beta(self.mix_beta, self.mix_beta)) if mix else 1.0
         box_seed = int(mix_rng.integers(0, 2**63 - 1))
-        box = None
+        box = global_fg = None
         if mix:  # one box for the batch, from lambda as float32 (as the step always drew it)
             generator = torch.Generator().manual_seed(box_seed % 2**63)
             box = sample_boxes(torch.tensor([lam]), self.view_size, self.view_size, generator)[0]
-        global_fg = None
-        if mix:
             fg_rng = counter_rng(self.seed, _FOREGROUND, epoch, step)
             if self.foreground == "balanced":
                 global_fg = self.balanced.draw(size, fg_rng)

@@ -26,7 +26,8 @@ AUTOAUGMENT_FILL = 128
 """Grey (128, 128, 128) for the pixels AutoAugment's geometric ops uncover, as in the reference's
 CIFAR10Policy (torchvision's default is black)."""
 
-_BICUBIC_OPS = ("ShearX", "ShearY")
+BICUBIC_OPS = ("ShearX", "ShearY")
+"""The AutoAugment ops the reference resamples bicubically (the rest: nearest)."""
 
 
 class ReferenceAutoAugment(T.AutoAugment):
@@ -54,7 +55,7 @@ class ReferenceAutoAugment(T.AutoAugment):
                 magnitude = float(magnitudes[magnitude_id].item()) if magnitude_id is not None else 0.0
                 if signed and signs[i] == 0:
                     magnitude *= -1.0
-                mode = InterpolationMode.BICUBIC if op_name in _BICUBIC_OPS else InterpolationMode.NEAREST
+                mode = InterpolationMode.BICUBIC if op_name in BICUBIC_OPS else InterpolationMode.NEAREST
                 img = _apply_op(img, op_name, magnitude, interpolation=mode, fill=fill)
         return img
 

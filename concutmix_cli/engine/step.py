@@ -120,7 +120,6 @@ class MethodStep:
         return StepResult(loss=loss, terms=terms, correct=correct, rect_weight=rect_weight)
 
 
-
 def mix(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix of a mixed batch: B's view 0 pasted into A's inside the batch's one box; returns
     (mixed view 0, exact lambda per sample, recounted from the clipped box)."""
