@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 4-5 minutes on one H100/H200), run from the repository root.
+# One prepared GPU check (about 5-6 minutes on one H100/H200), run from the repository root.
 # Most important first, so that a cut-short run still returns the essentials:
-#   1. throughput of the device augmentation path (ratio against the model-only ceiling), without
-#      and with the prefetch thread (data.prefetch, off by default until measured here),
-#   2. timed real epochs: the short CIFAR-100-LT schedule (cifar100-lt-short) for concutmix and ce
-#      on the device path; last-epoch test accuracy of each,
-#   3. throughput and the same short concutmix run on the loader path (accuracy parity),
+#   1. do the step modes train the same model? eager, sync_free and graphed on the same batches
+#      (benchmarks/step_equality.py: weight differences, host syncs per mode),
+#   2. throughput of the device path (ratio against the model-only ceiling, TFLOP/s) in each
+#      step mode; the graphed ceiling is itself captured,
+#   3. timed real epochs: the short CIFAR-100-LT schedule (cifar100-lt-short) for concutmix,
+#      eager and graphed; last-epoch test accuracy of each (no accuracy change expected),
 #   4. correctness of the device paths on the GPU (the CUDA-relevant test files).
 # Prints a short table last (benchmarks/summarize_gpu_check.py). Results go to $OUT_DIR; when
 # SNAPSHOT_TO is set, a tarball of the results (no resume states) is refreshed there after each stage.
@@ -61,19 +62,21 @@ run() {  # name, extra train args...
   date -u
 } 2>&1 | tee "$OUT_DIR/device.txt"
 
-echo "== 1. throughput, device path"
-throughput device concutmix device
-throughput device-prefetch concutmix device --set data.prefetch=true
-echo "== 2. short real runs ($EPOCHS epochs), device path"
-run concutmix-device --set 'data.augment_on="device"'
-run ce-device --method ce --set 'data.augment_on="device"'
-echo "== 3. loader path"
-throughput loader concutmix loader
-run concutmix-loader
-throughput ce-device ce device
+echo "== 1. step modes: same weights?"
+timeout 120 python3 benchmarks/step_equality.py --data "$DATA" --steps 24 --json \
+  2>"$OUT_DIR/step-equality.err" | tail -1 > "$OUT_DIR/step-equality.json"
+cat "$OUT_DIR/step-equality.json"; tail -5 "$OUT_DIR/step-equality.err"
+snapshot
+echo "== 2. throughput, device path, per step mode"
+for mode in eager sync_free graphed; do
+  throughput "$mode" concutmix device --step "$mode"
+done
+echo "== 3. short real runs ($EPOCHS epochs), eager and graphed"
+run concutmix-eager --set 'runtime.step="eager"'
+run concutmix-graphed --set 'runtime.step="graphed"'
 echo "== 4. correctness on the GPU"
 timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_device_augment.py tests/test_models.py \
-  tests/test_losses.py tests/test_rectify.py 2>&1 | tail -4 | tee "$OUT_DIR/tests.txt"
+  tests/test_losses.py tests/test_rectify.py tests/test_syncfree.py 2>&1 | tail -4 | tee "$OUT_DIR/tests.txt"
 snapshot
 
 echo "== summary"

@@ -21,20 +21,29 @@ def _pct(value) -> str:
 
 def main(folder: str) -> None:
     out = Path(folder)
-    print("| throughput | samples/s | ceiling | ratio | device peak GB |")
-    print("|---|---|---|---|---|")
-    for name in ("device", "device-prefetch", "loader", "ce-device"):
+    equality = _json_line(out / "step-equality.json")
+    print("| step mode | host syncs in the steps | max weight diff vs eager | loss sum |")
+    print("|---|---|---|---|")
+    for mode, r in ((equality or {}).get("modes") or {"(failed)": None}).items():
+        if r is None:
+            print(f"| {mode} | | | |")
+            continue
+        print(f"| {mode} | {r['host_syncs']} | {r['max_weight_diff_vs_eager']:.2e} | {r['loss_sum']:.4f} |")
+    print()
+    print("| throughput | samples/s | ceiling | ratio | TFLOP/s real / ceiling | device peak GB |")
+    print("|---|---|---|---|---|---|")
+    for name in ("eager", "sync_free", "graphed"):
         r = _json_line(out / f"throughput-{name}.json")
         if r is None:
-            print(f"| {name} | failed | | | |")
+            print(f"| {name} | failed | | | | |")
             continue
-        label = f"{r['method']} / {r['augment_on']}" + (" + prefetch" if name.endswith("-prefetch") else "")
-        print(f"| {label} | {r['samples_per_s']:.0f} | "
-              f"{r['ceiling_samples_per_s']:.0f} | {r['ratio']:.3f} | {r.get('device_peak_gb', 0):.2f} |")
+        print(f"| {r['method']} / {r['augment_on']} / {r.get('step', name)} | {r['samples_per_s']:.0f} | "
+              f"{r['ceiling_samples_per_s']:.0f} | {r['ratio']:.3f} | "
+              f"{r.get('tflops', 0):.2f} / {r.get('ceiling_tflops', 0):.2f} | {r.get('device_peak_gb', 0):.2f} |")
     print()
     print("| short run | epochs | last-epoch test top-1 | many | medium | few | median s/epoch |")
     print("|---|---|---|---|---|---|---|")
-    for run in ("concutmix-device", "ce-device", "concutmix-loader"):
+    for run in ("concutmix-eager", "concutmix-graphed"):
         path = out / run / "metrics.jsonl"
         try:
             rows = [json.loads(line) for line in path.read_text().splitlines()]

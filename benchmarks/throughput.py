@@ -5,8 +5,11 @@
     one training step feeds it (3B images for bcl/concutmix, B for ce/cutmix);
 (b) the real thing: the training loop on real data (loading, augmentation, CutMix, losses,
     rectification and all) for a fixed number of steps after warm-up.
-Both use the same model, batch size, thread count and device. Prints samples/s of both, the ratio
-(b)/(a), a simple profile of where a real step's time goes (synchronized, measured separately),
+Both use the same model, batch size, thread count, device and step mode (`--step`: eager,
+sync_free or graphed; with graphed the ceiling is captured in a CUDA graph too). Prints samples/s
+of both, the ratio (b)/(a), the achieved TFLOP/s of each (the step's FLOPs counted once with
+torch's FlopCounterMode: forward + backward of the network, so the distance to the card is
+visible), a simple profile of where a real step's time goes (synchronized, measured separately),
 peak memory and the device. `--json`: the last line is one JSON object.
 
     python benchmarks/throughput.py --source ../shared/data/cifar100.npz --method concutmix
@@ -48,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--profile-steps", type=int, default=None, help="synchronized profiled steps")
     p.add_argument("--device", default="auto")
-    p.add_argument("--augment-on", default="loader", choices=["loader", "device"])
+    p.add_argument("--augment-on", default="auto", choices=["auto", "loader", "device"])
+    p.add_argument("--step", default="auto", choices=["auto", "eager", "sync_free", "graphed"],
+                   help="runtime.step")
     p.add_argument("--num-workers", type=int, default=-1)
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     p.add_argument("--json", action="store_true")
@@ -76,7 +81,8 @@ def build_trainer(args, data: Path, workdir: Path) -> Trainer:
     overrides = [
         f"method.top_k={min(30, num_classes)}", f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
         f"data.num_workers={args.num_workers}", "optim.warmup_epochs=0", "optim.epochs=1000",
-        "method.rectify_after_epoch=-1", "method.cutmix_prob=0.5", *args.overrides,
+        "method.rectify_after_epoch=-1", "method.cutmix_prob=0.5", f'runtime.step="{args.step}"',
+        *args.overrides,
     ]
     cfg = build_config(preset="cifar100-lt-if100", overrides=overrides,
                        shortcuts={"optim.batch_size": args.batch_size, "method.name": args.method,
@@ -95,8 +101,8 @@ def real_steps(trainer: Trainer):
 
 
 def train_one(trainer: Trainer, batch) -> None:
-    """One step exactly as `concutmix train` makes it (finiteness check included)."""
-    trainer.train_step(batch)
+    """One step exactly as `concutmix train` makes it (finiteness check and sums included)."""
+    trainer.run_step(batch)
 
 
 def measure_real(trainer: Trainer, warmup: int, steps: int) -> tuple[float, int]:
@@ -141,8 +147,9 @@ def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
     return {k: v / steps for k, v in phases.items()}
 
 
-def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> float:
-    """The model alone on ready-made tensors of a real step's shapes."""
+def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> tuple[float, float]:
+    """The model alone on ready-made tensors of a real step's shapes: (samples/s, FLOPs per
+    sample of a training step)."""
     device, b = trainer.device, trainer.cfg.optim.batch_size // trainer.ctx.world_size
     contrast = trainer.method.contrast
     size = trainer.data.manifest.get("image_size") or 224
@@ -152,24 +159,55 @@ def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> float:
     y = torch.randint(0, trainer.data.num_classes, (b,), device=device)
     model, dtype = trainer.train_model, trainer.precision.autocast_dtype
 
+    graphed = trainer.step_mode == "graphed"
+
     def one() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None,
+                            cache_enabled=not graphed):
             out = model(x, project=contrast)
             loss = torch.nn.functional.cross_entropy(out.logits[:b].float(), y)
             if contrast:
                 proto = trainer.model.prototypes()
                 loss = loss + out.projection.float().square().mean() + proto.float().square().mean()
         trainer.scaler.scale(loss).backward()
-        trainer.optimizer_step()
+        if graphed:  # no host-side scale check inside a capture
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+        else:
+            trainer.optimizer_step()
 
+    flops_per_sample = count_flops(one) / b
+    step = one
+    if graphed:  # the captured model-only step: what a graphed real loop should approach
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                one()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            one()
+        step = graph.replay
     for _ in range(warmup):
-        one()
+        step()
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        one()
+        step()
     _sync(device)
-    return steps * b / (time.perf_counter() - start)
+    return steps * b / (time.perf_counter() - start), flops_per_sample
+
+
+def count_flops(step) -> int:
+    """The FLOPs torch's FlopCounterMode counts in one call of `step` (matmuls and convolutions,
+    forward and backward; the optimizer's elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
@@ -194,7 +232,7 @@ def main(argv=None) -> dict:
         trainer.train_model.train()
         real, samples = measure_real(trainer, args.warmup, args.steps)
         profile = profile_real(trainer, args.profile_steps or max(args.steps // 2, 2))
-        ceiling = measure_ceiling(trainer, args.warmup, args.steps)
+        ceiling, flops = measure_ceiling(trainer, args.warmup, args.steps)
         result = {
             "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
             "prefetch": bool(getattr(trainer.batches, "prefetch", False)),
@@ -202,6 +240,9 @@ def main(argv=None) -> dict:
             "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
             "steps": args.steps, "samples": samples,
             "samples_per_s": real, "ceiling_samples_per_s": ceiling, "ratio": real / ceiling,
+            "augment_resolved": trainer.augment_on, "step": trainer.step_mode,
+            "step_gflop": flops * args.batch_size / 1e9,
+            "tflops": flops * real / 1e12, "ceiling_tflops": flops * ceiling / 1e12,
             "profile_s_per_step": profile, **peak_memory(trainer.device),
             "torch": torch.__version__,
         }
@@ -222,6 +263,9 @@ def _print_table(r: dict) -> None:
     table.add_row("(b) real training loop", f"{r['samples_per_s']:.1f} samples/s")
     table.add_row("(a) model-only ceiling", f"{r['ceiling_samples_per_s']:.1f} samples/s")
     table.add_row("ratio (b)/(a)", f"{r['ratio']:.3f}")
+    table.add_row("step mode", r["step"])
+    table.add_row("FLOPs per step (fwd + bwd)", f"{r['step_gflop']:.1f} GFLOP")
+    table.add_row("achieved: real / ceiling", f"{r['tflops']:.3f} / {r['ceiling_tflops']:.3f} TFLOP/s")
     for phase, seconds in r["profile_s_per_step"].items():
         table.add_row(f"profile: {phase}", f"{1000 * seconds:.1f} ms/step")
     for key in ("host_peak_rss_gb", "device_peak_gb"):

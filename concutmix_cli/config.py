@@ -41,9 +41,11 @@ class DataConfig(_Section):
     """A folder written by `concutmix prepare` (holds manifest.json)."""
     views: Literal["cifar", "imagenet"] = "cifar"
     """Augmentation recipe of docs/method-notes.md section 2: 32x32 CIFAR views or 224x224 ImageNet-like views."""
-    augment_on: Literal["loader", "device"] = "loader"
+    augment_on: Literal["auto", "loader", "device"] = "auto"
     """`loader`: torchvision transforms on PIL images in DataLoader workers; `device`: batched on the
-    training device (CIFAR-sized in-memory data only)."""
+    training device (in-memory data with CIFAR views only); `auto`: device where it applies, else
+    loader (the two paths reach the same accuracy, docs/benchmarks.md section 4; the device path
+    measured faster on CPU and GPU alike)."""
     num_workers: int = Field(-1, ge=-1, le=MAX_WORKERS)
     """DataLoader worker processes; -1 picks from the machine (CPU count, capped)."""
     prefetch: bool = False
@@ -126,6 +128,13 @@ class RuntimeConfig(_Section):
     """Non-finite losses to skip (batch dropped) before the run stops; 0 stops at the first."""
     max_steps_per_epoch: int = Field(0, ge=0)
     """Cap on steps per epoch (0 = the whole epoch); for smoke runs and benchmarks."""
+    step: Literal["auto", "eager", "sync_free", "graphed"] = "auto"
+    """How a training step runs (engine/syncfree.py). eager: checks each loss on the host and
+    reports a bad step at once. sync_free: the same arithmetic with no host sync (a non-finite
+    step is skipped on the device by the fused SGD and counted; read every few steps). graphed:
+    sync_free captured in one CUDA graph per step variant (CUDA only). Both need one process, no
+    gradient accumulation and no fp16 grad scaler. auto: eager everywhere until the GPU check
+    (benchmarks/gpu_check.sh) has measured the other two on a card."""
 
 
 class Config(_Section):

@@ -124,9 +124,16 @@ def area_labels(
     if not lam.is_floating_point():
         lam = lam.to(torch.float32)
     lam = lam.expand(class_a.shape[0]) if lam.dim() == 0 else lam
-    onehot_a = torch.nn.functional.one_hot(class_a.long(), num_classes).to(lam.dtype)
-    onehot_b = torch.nn.functional.one_hot(class_b.to(device).long(), num_classes).to(lam.dtype)
+    onehot_a = _onehot(class_a, num_classes, lam.dtype)
+    onehot_b = _onehot(class_b.to(device), num_classes, lam.dtype)
     lam_col = lam.unsqueeze(1)
     mixed = lam_col * onehot_a + (1.0 - lam_col) * onehot_b
     same = (class_a == class_b.to(device)).unsqueeze(1)
     return torch.where(same, onehot_a, mixed)
+
+
+def _onehot(classes: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """`F.one_hot` without its range check, which reads the labels' min and max on the host (a
+    sync in every training step); an out-of-range class still fails, in the scatter."""
+    out = torch.zeros(classes.shape[0], num_classes, dtype=dtype, device=classes.device)
+    return out.scatter_(1, classes.long().unsqueeze(1), 1.0)

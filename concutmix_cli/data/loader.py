@@ -28,6 +28,14 @@ VIEW_SIZE = {"cifar": 32, "imagenet": 224}
 """The side of view 0 of each kind of loader-path view (where the CutMix box is drawn)."""
 
 
+def resolve_augment_on(choice: str, data: PreparedData, views_kind: str) -> str:
+    """`data.augment_on` for this data: auto is the device path for in-memory images with the
+    CIFAR views (the only views it makes), the loader path otherwise."""
+    if choice != "auto":
+        return choice
+    return "device" if data.train.images is not None and views_kind == "cifar" else "loader"
+
+
 def view_size(data: PreparedData, views_kind: str, augment_on: str) -> int:
     """The side of view 0 in training: the device path keeps the images' size (CIFAR views)."""
     if augment_on == "device" and data.train.images is not None:

@@ -49,11 +49,15 @@ class MethodStep:
     """Computes the loss of one batch for the configured method."""
 
     def __init__(self, method: MethodConfig, class_counts: torch.Tensor, ctx: DistContext,
-                 autocast_dtype: torch.dtype | None, channels_last: bool):
+                 autocast_dtype: torch.dtype | None, channels_last: bool,
+                 device: torch.device | str = "cpu", autocast_cache: bool = True):
         self.cfg = method
         self.method = method_of(method.name)
-        self.class_counts = class_counts.float()
-        self.log_prior = losses.log_prior_from_counts(class_counts)
+        # constants live on the training device once, not copied there every step
+        self.class_counts = class_counts.float().to(device)
+        self.log_prior = losses.log_prior_from_counts(class_counts).to(device)
+        self.autocast_cache = autocast_cache
+        """Off for CUDA-graph capture (autocast's weight cache must not outlive a capture)."""
         self.num_classes = len(class_counts)
         self.ctx = ctx
         self.autocast_dtype = autocast_dtype
@@ -73,13 +77,14 @@ class MethodStep:
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=self.autocast_dtype,
-                            enabled=self.autocast_dtype is not None):
+                            enabled=self.autocast_dtype is not None,
+                            cache_enabled=self.autocast_cache):
             # The prototypes come out of the forward pass, so that under DDP the prototype head
             # is part of the forward DDP tracks (its gradients are averaged like all others).
             out = model(inputs, project=contrast, with_prototypes=contrast)
             prototypes = out.prototypes
         logits = out.logits[:n].float()
-        log_prior = self.log_prior.to(device)
+        log_prior = self.log_prior.to(device)  # a no-op on the device it was made for
         rect_weight = None
         if mixed:
             fg_labels = batch.fg_labels

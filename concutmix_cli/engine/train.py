@@ -20,7 +20,8 @@ import torch
 from concutmix_cli import __version__
 from concutmix_cli.config import Config, build_config, upgrade_saved_config
 from concutmix_cli.data.batch import Batch
-from concutmix_cli.data.loader import DeviceBatches, EvalBatches, LoaderBatches, view_size
+from concutmix_cli.data.loader import (DeviceBatches, EvalBatches, LoaderBatches, resolve_augment_on,
+                                       view_size)
 from concutmix_cli.data.prepared import PreparedData, load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.engine import distributed as dist_utils
@@ -29,6 +30,8 @@ from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, 
 from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
 from concutmix_cli.engine.runlock import RunLock
 from concutmix_cli.engine.step import MethodStep
+from concutmix_cli.engine.syncfree import (GraphedStep, StepTotals, SyncFreeStep, build_sgd,
+                                           resolve_step_mode, set_lr)
 from concutmix_cli.errors import UserError
 from concutmix_cli.events import Callback, EpochDone, EpochStarted, Message, StepDone, StopFlag, emitter
 from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
@@ -131,6 +134,7 @@ class Trainer:
 
         self.data = data if data is not None else load_prepared(cfg.data.path)
         check_config_against_data(cfg, self.data)
+        self.augment_on = resolve_augment_on(cfg.data.augment_on, self.data, cfg.data.views)
         self.class_counts = torch.tensor(self.data.train_counts, dtype=torch.float32)
         self.method = method_of(cfg.method.name)
         self.planner = EpochPlanner(
@@ -138,7 +142,7 @@ class Trainer:
             foreground=self.method.foreground, mix_prob=cfg.method.cutmix_prob,
             mix_beta=cfg.method.cutmix_beta, rank=self.ctx.rank, world_size=self.ctx.world_size,
             max_steps=rt.max_steps_per_epoch, drop_last=cfg.optim.drop_last,
-            view_size=view_size(self.data, cfg.data.views, cfg.data.augment_on),
+            view_size=view_size(self.data, cfg.data.views, self.augment_on),
         )
         if cfg.optim.batch_size > len(self.data.train):  # a mistake, partial batch or not
             raise UserError(f"optim.batch_size {cfg.optim.batch_size} is larger than the "
@@ -150,15 +154,18 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model = self._wrap_distributed(self.model)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
-        )
+        self.optimizer, self.lr = build_sgd(self.model.parameters(), cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_grad_scaler)
+        self.step_mode = resolve_step_mode(rt.step, self.device, self.ctx.enabled,
+                                           cfg.optim.accumulate, self.precision.use_grad_scaler)
         self.step_fn = MethodStep(cfg.method, self.class_counts, self.ctx,
-                                  self.precision.autocast_dtype, self.channels_last)
+                                  self.precision.autocast_dtype, self.channels_last, self.device,
+                                  autocast_cache=self.step_mode != "graphed")
+        self.totals = StepTotals(self.device)
+        self._fast_step = None  # made at the first step, after a resume has loaded the optimizer
+        self._bad_seen = 0
         contrast = self.method.contrast
-        if cfg.data.augment_on == "device":
+        if self.augment_on == "device":
             self.batches = DeviceBatches(self.data, self.planner, contrast, self.device,
                                          cfg.data.prefetch)
         else:
@@ -257,7 +264,10 @@ class Trainer:
         state = read_state(self.run.path / entry["state"])
         try:
             self.model.load_state_dict(tensors)
+            kernels = [{k: g[k] for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(state["optimizer"])
+            for group, flags in zip(self.optimizer.param_groups, kernels):
+                group.update(flags)  # a state saved by unfused SGD (0.2 and older) stays fused
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"{weights_path}: does not fit the configured model "
                             f"({str(err).strip().splitlines()[0]}); resume with the run's own "
@@ -279,11 +289,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def train_step(self, batch: Batch):
-        """Loss, backward and, at an accumulation boundary, the optimizer step of one batch.
+        """The eager step: loss, a host check that it is finite, backward and, at an accumulation
+        boundary, the optimizer step of one batch.
 
         Returns (result, scaler_skipped); result is None when the loss was not finite and the batch
-        was dropped (or the run stops, see `runtime.max_bad_steps`). The benchmark in
-        benchmarks/throughput.py times exactly this."""
+        was dropped (or the run stops, see `runtime.max_bad_steps`)."""
         step = batch.step
         result = self.step_fn(self.train_model, batch, batch.epoch)
         # all ranks skip together: one rank leaving DDP's all-reduce would hang the others
@@ -295,6 +305,21 @@ class Trainer:
         if self.ends_accumulation(step):
             return result, self.optimizer_step()
         return result, False
+
+    def run_step(self, batch: Batch) -> None:
+        """One batch exactly as the loop trains it, its sums and counts added to `self.totals`
+        (benchmarks/throughput.py times exactly this)."""
+        if self.step_mode == "eager":
+            result, scaler_skipped = self.train_step(batch)
+            if result is not None:
+                self.totals.add(result, batch)
+                self.totals.add_skipped(scaler_skipped)
+            return
+        if self._fast_step is None:
+            body = SyncFreeStep(self.train_model, self.step_fn, self.optimizer)
+            self._fast_step = (GraphedStep(body, self.totals) if self.step_mode == "graphed"
+                               else lambda b: body(b, self.totals))
+        self._fast_step(batch)
 
     def ends_accumulation(self, step: int) -> bool:
         """Whether the optimizer steps after this step (every `accumulate` steps and at epoch end)."""
@@ -317,61 +342,41 @@ class Trainer:
         model = self.train_model
         model.train()
         lr = lr_at(epoch, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, self.lr, lr)  # in place: a captured step reads the same tensor
         steps = self.planner.steps_per_epoch()
         start_step = self.start_step if epoch == self.start_epoch else 0
         # A mid-epoch resume continues the saved float32 running sums (a float32 survives the
         # round trip through float64 exactly), so the epoch's metrics are bit-identical. The
         # saved sums are the total over all processes: rank 0 alone continues them.
         restored = self.partial if start_step and self.ctx.is_main else {}
-        sums = {k: torch.tensor(float(restored.get(k, 0.0)), device=self.device) for k in
-                ("loss", "cls", "bcl", "correct", "rect_weight")}
-        counts = {k: int(restored.get(k, 0)) for k in
-                  ("samples", "steps", "mixed", "rectified", "skipped")}
+        self.totals.reset(restored)
+        self._bad_seen = int(restored.get("bad", 0))
         report = self.ctx.is_main
         if report:
             self.emit(EpochStarted(epoch, cfg.optim.epochs, steps, start_step))
         started = time.perf_counter()
+        seen = 0
         self.optimizer.zero_grad(set_to_none=True)
         for batch in self.batches.epoch(epoch, start_step):
             step = batch.step
-            result, scaler_skipped = self.train_step(batch)
-            if result is None:
-                continue
-            counts["skipped"] += int(scaler_skipped)
-            n = batch.size
-            sums["loss"] += result.loss.detach() * n
-            sums["cls"] += result.terms["cls"] * n
-            if "bcl" in result.terms:
-                sums["bcl"] += result.terms["bcl"] * n
-            sums["correct"] += result.correct
-            if result.rect_weight is not None:
-                sums["rect_weight"] += result.rect_weight
-                counts["rectified"] += 1
-            counts["samples"] += n
-            counts["steps"] += 1
-            counts["mixed"] += int(batch.mixed)
-            if report and (step % 5 == 0 or step + 1 == steps):  # a host sync: every 5 steps only
-                elapsed = time.perf_counter() - started
-                self.emit(StepDone(epoch, cfg.optim.epochs, step, steps, float(sums["loss"]) / counts["samples"], lr,
-                                   counts["samples"] * self.ctx.world_size / max(elapsed, 1e-9)))
+            self.run_step(batch)
+            seen += batch.size
+            if step % 5 == 0 or step + 1 == steps:  # a host sync: every 5 steps only
+                self._check_device_bad_steps(epoch, step)
+                if report:
+                    elapsed = time.perf_counter() - started
+                    self.emit(StepDone(epoch, cfg.optim.epochs, step, steps, self.totals.mean_loss(),
+                                       lr, seen * self.ctx.world_size / max(elapsed, 1e-9)))
             # stop together, and only after an optimizer step: the gradients accumulated since
             # the last one are not saved, so stopping between would not resume exactly
             if self.ends_accumulation(step) and self._stop_requested():
-                partial = _merge_partial(restored, sums, counts, time.perf_counter() - started)
-                reduced = torch.tensor([partial[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
-                                       device=self.device)
-                self.partial = dict(zip(_PARTIAL_KEYS, dist_utils.all_reduce_sum(
-                    reduced, self.ctx).tolist()))
+                self._check_device_bad_steps(epoch, step)
+                partial = self._epoch_totals(time.perf_counter() - started, restored)
+                self.partial = dict(zip(_PARTIAL_KEYS, partial))
                 self.save_checkpoint(epoch, step + 1)
                 raise StopRequested(self.stop.exit_code or STOP_EXIT_CODE)
-        seconds = time.perf_counter() - started
-        totals = _merge_partial(restored, sums, counts, seconds)
-        reduced = torch.tensor([totals[k] for k in _PARTIAL_KEYS], dtype=torch.float64,
-                               device=self.device)
-        dist_utils.all_reduce_sum(reduced, self.ctx)
-        totals = dict(zip(_PARTIAL_KEYS, reduced.tolist()))
+        self._check_device_bad_steps(epoch, steps - 1)
+        totals = dict(zip(_PARTIAL_KEYS, self._epoch_totals(time.perf_counter() - started, restored)))
         samples = max(totals["samples"], 1)
         world = self.ctx.world_size
         return {
@@ -388,10 +393,35 @@ class Trainer:
             "samples_per_s": totals["samples"] / max(totals["seconds"] / world, 1e-9),
         }
 
+    def _epoch_totals(self, seconds: float, restored: dict[str, float]) -> list[float]:
+        """The epoch's totals so far over all processes, in `_PARTIAL_KEYS` order: the device sums
+        and counts (which already continue a restored state) and the wall-clock seconds,
+        including those of the process that trained the epoch's first part."""
+        now = {**self.totals.read(), "seconds": seconds + float(restored.get("seconds", 0.0))}
+        reduced = torch.tensor([now[k] for k in _PARTIAL_KEYS], dtype=torch.float64, device=self.device)
+        return dist_utils.all_reduce_sum(reduced, self.ctx).tolist()
+
+    def _check_device_bad_steps(self, epoch: int, step: int) -> None:
+        """The sync-free steps skip a non-finite loss on the device and count it; at each logging
+        point the count is read, reported, and the run stops past `runtime.max_bad_steps` (the
+        eager step does this at once, `_non_finite`)."""
+        if self.step_mode == "eager":
+            return
+        bad = int(self.totals.counts["bad"])
+        if bad == self._bad_seen:
+            return
+        new, self._bad_seen = bad - self._bad_seen, bad
+        self._count_bad_steps(new, f"epoch {epoch + 1}, by step {step + 1}: {new} non-finite "
+                                   "loss(es) skipped")
+
     def _non_finite(self, epoch: int, step: int, result) -> None:
         bad = [k for k, v in result.terms.items() if not torch.isfinite(v)] or ["loss"]
-        self.bad_steps += 1
-        where = f"epoch {epoch + 1}, step {step + 1}: non-finite {'/'.join(bad)} loss"
+        self._count_bad_steps(1, f"epoch {epoch + 1}, step {step + 1}: non-finite "
+                                 f"{'/'.join(bad)} loss")
+
+    def _count_bad_steps(self, new: int, where: str) -> None:
+        """Count dropped steps; stop past `runtime.max_bad_steps`, else say so."""
+        self.bad_steps += new
         if self.bad_steps > self.cfg.runtime.max_bad_steps:
             raise NonFiniteLoss(
                 f"{where}; stopped ({self._what_is_kept()}). Lower the "
@@ -447,16 +477,7 @@ class Trainer:
 
 
 _PARTIAL_KEYS = ("loss", "cls", "bcl", "correct", "rect_weight", "samples", "steps", "mixed",
-                 "rectified", "skipped", "seconds")
-
-
-def _merge_partial(restored: dict[str, float], sums: dict[str, torch.Tensor],
-                   counts: dict[str, int], seconds: float) -> dict[str, float]:
-    """The epoch's totals so far: `sums` and `counts` already continue the restored ones; only
-    the wall-clock seconds of the earlier process are added."""
-    now = {**{k: float(v) for k, v in sums.items()}, **{k: float(v) for k, v in counts.items()},
-           "seconds": seconds + float(restored.get("seconds", 0.0))}
-    return {k: now.get(k, 0.0) for k in _PARTIAL_KEYS}
+                 "rectified", "skipped", "bad", "seconds")
 
 
 def _fmt(value, percent: bool = True) -> str:
