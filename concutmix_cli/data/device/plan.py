@@ -24,7 +24,7 @@ from .shipping import Shippable, ship
 class CropFlip(Shippable):
     top: torch.Tensor  # int64 [n] offsets in the padded image
     left: torch.Tensor
-    flip: torch.Tensor  # bool [n]
+    flip: torch.Tensor  # int64 [n], 1 = flip (int64: it travels in the same copy as the offsets)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def plan_classify(params: ClassifyParams, variants: PolicyVariants, recipe: View
     for slot in range(2):  # the ops of one slot act on disjoint samples, so its stages commute
         for k, idx in _by_kernel(kernel[:, slot]):
             stages.append(_AA_STAGE[k](idx, table, vid[idx, slot], recipe.aa_fill))
-    crop = CropFlip(params.top.to(torch.int64), params.left.to(torch.int64), params.flip.to(torch.bool))
+    crop = CropFlip(params.top.to(torch.int64), params.left.to(torch.int64), params.flip.to(torch.int64))
     return Plan(crop, stages)
 
 
