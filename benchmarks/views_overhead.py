@@ -4,8 +4,8 @@
 On a GPU the device path's views are bound by the CPU (Python, sampling the per-sample
 parameters, launching many small kernels), not by the pixels. This script measures that part on
 any machine: milliseconds per step of `DeviceBatches.batch` (all views of one ConCutMix step:
-view 0, views 1 and 2, and the foreground view on mixed steps) and the number of ATen operations
-one step dispatches. At a small batch size on a CPU the time is dominated by the same per-operation
+view 0, views 1 and 2, and the foreground view on mixed steps), the number of ATen operations
+one step dispatches, and its host syncs (values read back from the images: none expected). At a small batch size on a CPU the time is dominated by the same per-operation
 overhead, so it tracks the GPU cost without a GPU.
 
     python benchmarks/views_overhead.py --data data/cifar100-lt-if100 --batch-size 8
@@ -23,7 +23,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakTensorKeyDictionary
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,19 +35,48 @@ from concutmix_cli.data.prepared import load_prepared  # noqa: E402
 from concutmix_cli.data.sampling import EpochPlanner  # noqa: E402
 
 # Operations that only make a view of a tensor (no kernel runs).
-_VIEW_OPS = {"view", "_unsafe_view", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
-             "unbind", "split", "split_with_sizes", "permute", "t", "transpose", "alias",
-             "detach", "as_strided", "lift_fresh"}
+VIEW_OPS = {"view", "_unsafe_view", "reshape", "slice", "select", "unsqueeze", "squeeze", "expand",
+            "unbind", "split", "split_with_sizes", "permute", "t", "transpose", "alias",
+            "detach", "as_strided", "lift_fresh"}
+# Reading a value back to the host, or a shape that depends on values: a sync on a GPU.
+SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "equal", "is_nonzero", "unique",
+            "_unique2", "unique_consecutive", "repeat_interleave", "masked_scatter"}
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self):
+class CountOps(TorchDispatchMode):
+    """Counts the ATen ops dispatched, and the host syncs: `SYNC_OPS` ops (or boolean-mask
+    indexing) on a tensor computed from `pixels`, tracked by tainting every output of an op with
+    a tainted input. Those stall a GPU and break CUDA-graph capture; the same ops on the CPU-side
+    random parameters do not."""
+
+    def __init__(self, pixels=()):
         super().__init__()
         self.counts: Counter[str] = Counter()
+        self.syncs: Counter[str] = Counter()
+        self.tainted = WeakTensorKeyDictionary()
+        for t in pixels:
+            self.tainted[t] = True
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        self.counts[name] += 1
+        leaves = pytree.tree_leaves((args, kwargs))
+        dirty = any(isinstance(t, torch.Tensor) and t in self.tainted for t in leaves)
+        if dirty and (name in SYNC_OPS or (name == "index" and any(
+                isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in pytree.tree_leaves(args[1:])))):
+            self.syncs[name] += 1
+        out = func(*args, **kwargs)
+        if dirty:
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.tainted[t] = True
+        return out
+
+    def summary(self) -> dict:
+        return {"ops": sum(self.counts.values()),
+                "non_view_ops": sum(n for k, n in self.counts.items() if k not in VIEW_OPS),
+                "host_syncs": sum(self.syncs.values()), "sync_ops": dict(self.syncs)}
 
 
 def main(argv=None) -> dict:
@@ -82,22 +113,26 @@ def main(argv=None) -> dict:
         step_of.setdefault(batch.mixed, step)
     ops = {}
     for mixed, step in sorted(step_of.items(), reverse=True):
-        with _CountOps() as counter:
+        with CountOps([batches.images]) as counter:
             batches.batch(0, step)
-        kernels = sum(n for name, n in counter.counts.items() if name not in _VIEW_OPS)
-        ops["mixed" if mixed else "unmixed"] = {"ops": sum(counter.counts.values()), "non_view_ops": kernels}
+        ops["mixed" if mixed else "unmixed"] = counter.summary()
     result = {
         "batch_size": args.batch_size, "device": str(device), "threads": torch.get_num_threads(),
         "ms_per_step_mixed": 1000 * statistics.median(times[True]) if times[True] else None,
         "ms_per_step_unmixed": 1000 * statistics.median(times[False]) if times[False] else None,
         "ops_per_step": ops, "torch": torch.__version__,
     }
-    if args.json:
+    emit(result, args.json)
+    return result
+
+
+def emit(result: dict, as_json: bool) -> None:
+    """Print a benchmark's result: one JSON document, or one `key: value` line per entry."""
+    if as_json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
-    return result
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The batched device views (data/device_augment.py) against torchvision and the PIL loader path.
+"""The batched device views (data/device/) against torchvision and the PIL loader path.
 
 Three kinds of checks:
 - exactness: every batched op with given per-sample parameters equals the torchvision v2 functional
@@ -22,9 +22,11 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from concutmix_cli.data import device_augment as DA
 from concutmix_cli.data import views
-from concutmix_cli.data.device_augment import DeviceViews
+from concutmix_cli.data.device import ClassifyParams, ContrastParams, DeviceViews
+from concutmix_cli.data.device import autoaugment, blur, color, crop, warp
+from concutmix_cli.data.device.hue import adjust_hue
+from concutmix_cli.data.device.params import sample_resized_crop_boxes
 
 MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)
@@ -155,10 +157,10 @@ def tv_autoaugment_op(img: torch.Tensor, name: str, m: float) -> torch.Tensor:
     raise AssertionError(name)
 
 
-OP_NAMES = DA._AA_OPS  # noqa: SLF001
+OP_NAMES = autoaugment.AA_OPS
 
 
-def reference_classify(img: torch.Tensor, p: DA.ClassifyParams, i: int, size: int = 32, pad: int = 4):
+def reference_classify(img: torch.Tensor, p: ClassifyParams, i: int, size: int = 32, pad: int = 4):
     x = TF.crop(TF.pad(img, [pad], fill=0), int(p.top[i]), int(p.left[i]), size, size)
     if p.flip[i]:
         x = TF.horizontal_flip(x)
@@ -169,7 +171,7 @@ def reference_classify(img: torch.Tensor, p: DA.ClassifyParams, i: int, size: in
     return x
 
 
-def reference_contrast(img: torch.Tensor, p: DA.ContrastParams, i: int, size: int = 32):
+def reference_contrast(img: torch.Tensor, p: ContrastParams, i: int, size: int = 32):
     x = TF.resized_crop(img, int(p.top[i]), int(p.left[i]), int(p.height[i]), int(p.width[i]), [size, size],
                         interpolation=InterpolationMode.BILINEAR, antialias=True)
     if p.flip[i]:
@@ -205,7 +207,7 @@ def test_crop_flip_equals_pad_crop_hflip(small):
     top[:4] = torch.tensor([0, 8, 0, 8])  # the extreme offsets
     left[:4] = torch.tensor([0, 8, 8, 0])
     flip = torch.rand(n, generator=g) < 0.5
-    out = DA.crop_flip(small, top, left, flip, 32, 4)
+    out = crop.crop_flip(small, top, left, flip, 32, 4)
     for i in range(n):
         ref = TF.crop(TF.pad(small[i], [4], fill=0), int(top[i]), int(left[i]), 32, 32)
         ref = TF.horizontal_flip(ref) if flip[i] else ref
@@ -214,11 +216,11 @@ def test_crop_flip_equals_pad_crop_hflip(small):
 
 def test_resized_crop_equals_pil_and_torchvision(small):
     n = small.shape[0]
-    top, left, h, w = DA.sample_resized_crop_boxes(n, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), gen(4))
+    top, left, h, w = sample_resized_crop_boxes(n, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), gen(4))
     top[0], left[0], h[0], w[0] = 0, 0, 32, 32  # identity box
     top[1], left[1], h[1], w[1] = 31, 0, 1, 32  # degenerate one-row box
     flip = torch.rand(n, generator=gen(5)) < 0.5
-    out = DA.resized_crop_flip(small, top, left, h, w, flip, 32)
+    out = crop.resized_crop_flip(small, top, left, h, w, flip, 32)
     assert torch.equal(out[0], TF.horizontal_flip(small[0]) if flip[0] else small[0])
     for i in range(n):
         box = (int(top[i]), int(left[i]), int(h[i]), int(w[i]))
@@ -239,11 +241,11 @@ def test_color_ops_with_per_sample_factors_equal_torchvision(small):
     hue = torch.empty(n).uniform_(-0.1, 0.1, generator=g)
     hue[:3] = torch.tensor([-0.5, 0.0, 0.5])
     cases = [
-        (DA.adjust_brightness, TF.adjust_brightness, f),
-        (DA.adjust_contrast, TF.adjust_contrast, f),
-        (DA.adjust_saturation, TF.adjust_saturation, f),
-        (DA.adjust_sharpness, TF.adjust_sharpness, f),
-        (DA.adjust_hue, TF.adjust_hue, hue),
+        (color.adjust_brightness, TF.adjust_brightness, f),
+        (color.adjust_contrast, TF.adjust_contrast, f),
+        (color.adjust_saturation, TF.adjust_saturation, f),
+        (color.adjust_sharpness, TF.adjust_sharpness, f),
+        (adjust_hue, TF.adjust_hue, hue),
     ]
     for ours, theirs, factor in cases:
         out = ours(small, factor)
@@ -252,7 +254,7 @@ def test_color_ops_with_per_sample_factors_equal_torchvision(small):
 
 
 def test_grayscale_equals_rgb_to_grayscale(small):
-    out = DA.grayscale(small)
+    out = color.grayscale(small)
     assert out.shape == small.shape
     assert torch.equal(out, TF.rgb_to_grayscale(small, num_output_channels=1).expand_as(small))
 
@@ -262,7 +264,7 @@ def test_gaussian_blur_with_per_sample_sigma_equals_torchvision(small, method):
     n = small.shape[0]
     sigma = torch.empty(n).uniform_(0.1, 2.0, generator=gen(7))
     sigma[:2] = torch.tensor([0.1, 2.0])
-    out = DA.gaussian_blur(small, sigma, views.CIFAR_BLUR_KERNEL, method=method)
+    out = blur.gaussian_blur(small, sigma, views.CIFAR_BLUR_KERNEL, method=method)
     k = views.CIFAR_BLUR_KERNEL
     ref = torch.stack([TF.gaussian_blur(small[i], [k, k], [float(sigma[i])] * 2) for i in range(n)])
     # separable vs 2-D summation order: a rounding tie may land one step apart
@@ -271,7 +273,7 @@ def test_gaussian_blur_with_per_sample_sigma_equals_torchvision(small, method):
 
 def policy_ops():
     """Every (op, signed magnitude) the CIFAR-10 policy can produce, grouped by op."""
-    table = DA.AutoAugmentTable.from_torchvision(T.AutoAugmentPolicy.CIFAR10, (32, 32))
+    table = autoaugment.AutoAugmentTable.from_torchvision(T.AutoAugmentPolicy.CIFAR10, (32, 32))
     by_op: dict[str, set[float]] = {}
     for p in range(table.num_policies):
         for s in range(2):
@@ -286,7 +288,7 @@ def test_autoaugment_op_group_equals_torchvision(small, name, magnitudes):
     # one group of samples that drew this op, with its magnitudes mixed inside the batch
     n = small.shape[0]
     m = torch.tensor(magnitudes, dtype=torch.float64)[torch.arange(n) % len(magnitudes)]
-    out = DA.apply_autoaugment_op(name, small, m)
+    out = autoaugment.apply_autoaugment_op(name, small, m)
     ref = torch.stack([tv_autoaugment_op(small[i], name, float(m[i])) for i in range(n)])
     if name in ("ShearX", "ShearY"):
         assert_close_bicubic(out, ref)
@@ -306,12 +308,12 @@ def assert_close_bicubic(out: torch.Tensor, ref: torch.Tensor) -> None:
 
 def test_geometric_ops_fill_uncovered_pixels_grey_and_shear_bicubic(small):
     # a large translation uncovers 9 columns: every one of them is the grey 128 of the reference
-    out = DA.apply_autoaugment_op("TranslateX", small[:4], torch.full((4,), 9.0, dtype=torch.float64))
+    out = autoaugment.apply_autoaugment_op("TranslateX", small[:4], torch.full((4,), 9.0, dtype=torch.float64))
     assert bool((out[..., :9] == 128).all()) and torch.equal(out[..., 9:], small[:4, :, :, :-9])
     # the shear is bicubic, not nearest: it makes values that nearest resampling cannot
     m = torch.full((4,), 0.3, dtype=torch.float64)
-    sheared = DA.apply_autoaugment_op("ShearX", small[:4], m)
-    nearest = DA.affine_warp(small[:4], DA.autoaugment_inverse_matrices(
+    sheared = autoaugment.apply_autoaugment_op("ShearX", small[:4], m)
+    nearest = warp.affine_warp(small[:4], autoaugment.autoaugment_inverse_matrices(
         torch.full((4,), OP_NAMES.index("ShearX")), m, 32, 32), "nearest", 128)
     assert (sheared != nearest).float().mean() > 0.2
     # and the loader path's AutoAugment does the same (grey fill, bicubic shear)
@@ -321,7 +323,7 @@ def test_geometric_ops_fill_uncovered_pixels_grey_and_shear_bicubic(small):
 
 def test_autoaugment_table_is_torchvisions():
     aa = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)
-    table = DA.AutoAugmentTable.from_torchvision(T.AutoAugmentPolicy.CIFAR10, (32, 32))
+    table = autoaugment.AutoAugmentTable.from_torchvision(T.AutoAugmentPolicy.CIFAR10, (32, 32))
     assert table.num_policies == len(aa.policies) == 25
     space = aa._augmentation_space(10, (32, 32))
     for p, sub in enumerate(aa.policies):
@@ -333,7 +335,7 @@ def test_autoaugment_table_is_torchvisions():
                 assert float(table.magnitude[p, s]) == float(space[name][0][bin_id])
 
 
-def assert_classify_matches(out: torch.Tensor, ref: torch.Tensor, params: DA.ClassifyParams) -> None:
+def assert_classify_matches(out: torch.Tensor, ref: torch.Tensor, params: ClassifyParams) -> None:
     """Exact (up to rare one-step ties) for samples without a shear; bicubic tolerance with one."""
     shear_ids = torch.tensor([OP_NAMES.index("ShearX"), OP_NAMES.index("ShearY")])
     sheared = torch.isin(params.aa_op, shear_ids).any(dim=1)

@@ -37,3 +37,31 @@ def test_views_overhead_benchmark_counts_ops_of_both_kinds_of_step(tiny_data):
     # a mixed step also makes the foreground view: strictly more work than an unmixed one
     assert mixed["non_view_ops"] > unmixed["non_view_ops"] > 0
     assert mixed["ops"] >= mixed["non_view_ops"]
+    # the device views never read a value computed from the images back to the host
+    assert mixed["host_syncs"] == unmixed["host_syncs"] == 0
+
+
+def test_op_counter_finds_the_host_syncs_on_pixel_data_only():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from views_overhead import CountOps
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import torch
+
+    images = torch.arange(48, dtype=torch.uint8).view(1, 3, 4, 4)
+    params = torch.tensor([0.2, 0.9])
+    with CountOps([images]) as counter:
+        mask = params > 0.5
+        params[mask].sum().item()  # CPU-side parameters: no sync
+        if bool((params > 0.1).any()):
+            pass
+        x = images.float().mul(2)  # derived from the images: tainted
+        x.mean().item()  # a sync
+        x[x > 10]  # boolean-mask indexing: a sync
+        x.nonzero()  # a sync
+        x.view(-1)  # a view: no kernel
+    summary = counter.summary()
+    assert summary["host_syncs"] == 3, summary
+    assert summary["sync_ops"] == {"_local_scalar_dense": 1, "index": 1, "nonzero": 1}
+    assert summary["ops"] - summary["non_view_ops"] == 1

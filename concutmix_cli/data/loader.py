@@ -196,7 +196,7 @@ class DeviceBatches:
 
     def __init__(self, data: PreparedData, planner: EpochPlanner, contrast: bool,
                  device: torch.device, prefetch: bool = False):
-        from concutmix_cli.data.device_augment import DeviceViews
+        from concutmix_cli.data.device import DeviceViews
 
         if data.train.images is None:
             raise ValueError("data.augment_on = 'device' needs an in-memory (CIFAR-like) dataset")

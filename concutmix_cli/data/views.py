@@ -1,7 +1,7 @@
 """The training views of docs/method-notes.md section 2, as torchvision transforms on PIL images.
 
 View 0 (classification) and views 1, 2 (contrastive, SimCLR style). This is the loader path:
-per-image transforms in DataLoader workers. `device_augment.py` has the batched equivalent that
+per-image transforms in DataLoader workers. The `device` package has the batched equivalent that
 runs on the training device.
 """
 
