@@ -100,9 +100,26 @@ def test_a_class_too_small_for_its_share_is_said_plainly(tmp_path):
                                  "for test"]
 
 
-def test_folder_to_prediction_round_trip(cli, photos, tmp_path):
+def _as_csv(photos: Path, path: Path) -> Path:
+    """The photos as a labelling tool's CSV: every file (the unreadable one too), names quoted
+    where the csv module quotes them."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        for file in sorted(photos.rglob("*.*")):
+            if file.name != ".DS_Store":
+                writer.writerow([str(file.relative_to(photos)), file.relative_to(photos).parts[0]])
+    return path
+
+
+@pytest.mark.parametrize("route", ["folder", "csv"])
+def test_prepare_train_eval_predict_export_round_trip(cli, photos, tmp_path, route):
     data, run = tmp_path / "data", tmp_path / "run"
-    code, out, err = cli("prepare", "folder", "--root", photos, "--image-size", "32",
+    given = ["--root", photos] if route == "folder" else [
+        "--root", photos, "--train", _as_csv(photos, tmp_path / "labels.csv")]
+    code, out, err = cli("prepare", route, *given, "--image-size", "32",
                          "--test-fraction", "0.3", "--skip-bad", "--out", data)
     assert code == 0, err
     assert "thirds of the classes by count" in out and "Ölbaum" in out and "café crème" in out
@@ -121,6 +138,13 @@ def test_folder_to_prediction_round_trip(cli, photos, tmp_path):
     assert 0 <= report["macro_f1"] <= 1 and len(report["per_class_precision"]) == 3
     code, out, _ = cli("eval", run)
     assert "balanced accuracy" in out and "macro-F1" in out and "red fox" in out
+    code, out, _ = cli("inspect-labels", run, "--num", "4", "--csv", tmp_path / "mixed.csv")
+    assert code == 0
+    import csv
+
+    with open(tmp_path / "mixed.csv", newline="", encoding="utf-8") as f:
+        mixed = list(csv.DictReader(f))
+    assert len(mixed) == 4 and {r[k] for r in mixed for k in ("class_a", "class_b")} <= set(CLASSES)
 
     code, out, err = cli("predict", run, photos / "red fox", photos / "Ölbaum", "--csv",
                          "--top-k", "2", "--skip-bad")

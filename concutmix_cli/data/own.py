@@ -55,8 +55,8 @@ def _shown(items: list[str]) -> str:
     return ", ".join(f"'{i}'" for i in items[:_SHOW]) + (", ..." if len(items) > _SHOW else "")
 
 
-def check_options(dataset: str, image_size: int, val_fraction: float, test_fraction: float,
-                  seed: int, val: Path | None, test: Path | None) -> None:
+def check_options(image_size: int, val_fraction: float, test_fraction: float, seed: int,
+                  val: Path | None, test: Path | None) -> None:
     """Every option of `prepare folder|csv`, before anything is read."""
     if not 8 <= image_size <= MAX_IMAGE_SIZE:
         raise UserError(f"--image-size must be between 8 and {MAX_IMAGE_SIZE} (got {image_size})")

@@ -251,7 +251,7 @@ def prepare(
 
         image_size = own.DEFAULT_IMAGE_SIZE if image_size is None else image_size
         val_fraction, test_fraction = val_fraction or 0.0, test_fraction or 0.0
-        own.check_options(dataset, image_size, val_fraction, test_fraction, seed, val, test)
+        own.check_options(image_size, val_fraction, test_fraction, seed, val, test)
         if root is None or (dataset == "csv" and train is None):
             raise UserError("prepare folder needs --root (one sub-folder per class)"
                             if dataset == "folder" else
