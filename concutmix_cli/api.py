@@ -23,8 +23,19 @@ from concutmix_cli.engine.evaluate import evaluate_run
 from concutmix_cli.engine.train import TrainResult, run
 from concutmix_cli.events import Callback, StopFlag
 from concutmix_cli.inspect import InspectReport, inspect_run
+from concutmix_cli.inference import Predictions
 
-__all__ = ["evaluate", "inspect_labels", "train", "TrainResult", "InspectReport", "StopFlag"]
+__all__ = ["evaluate", "export", "inspect_labels", "predict", "prepare", "train", "TrainResult",
+           "InspectReport", "Predictions", "StopFlag"]
+
+
+def prepare(dataset: str, out: Path | str | None = None, **options: Any) -> dict[str, Any]:
+    """Prepare a dataset folder (`concutmix prepare`; the options are its keyword arguments,
+    e.g. `prepare("folder", "data/pets", root="photos", image_size=32, test_fraction=0.2)`);
+    returns the manifest that was written."""
+    from concutmix_cli.data.prepare import prepare as run_prepare
+
+    return run_prepare(dataset, out=Path(out) if out is not None else None, **options).manifest
 
 
 def train(config: Config | dict[str, Any] | str, run_dir: Path | str, *,
@@ -52,6 +63,23 @@ def evaluate(run_or_weights: Path | str, *, data: Path | str | None = None, spli
     """Top-1 (overall, many / medium / few), per-class accuracy and ECE of trained weights."""
     return evaluate_run(Path(run_or_weights), data=Path(data) if data else None, split=split,
                         device=device)
+
+
+def predict(run_or_weights: Path | str, images: list[Path | str] | Path | str, *, top_k: int = 5,
+            batch_size: int = 64, device: str = "auto", skip_bad: bool = False) -> Predictions:
+    """Top-k classes (names, probabilities) of image files, folders or .txt lists of paths."""
+    from concutmix_cli.inference import predict_images
+
+    given = [images] if isinstance(images, (str, Path)) else list(images)
+    return predict_images(Path(run_or_weights), [Path(i) for i in given], top_k=top_k,
+                          batch_size=batch_size, device=device, skip_bad=skip_bad)
+
+
+def export(run_or_weights: Path | str, format: str, out: Path | str):  # noqa: A002 - the CLI's name
+    """Write the classifier as `torchscript` or `onnx` and check it by loading it back."""
+    from concutmix_cli.exporter import export_model
+
+    return export_model(Path(run_or_weights), format, Path(out))
 
 
 def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None, num: int = 16,

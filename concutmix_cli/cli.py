@@ -44,7 +44,8 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
 ) -> None:
-    """prepare a long-tailed benchmark, train, eval, and inspect the rectified labels."""
+    """prepare a long-tailed benchmark or your own images, train, eval, inspect the rectified
+    labels, predict new images, export the classifier."""
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -53,14 +54,16 @@ def _root(
 @app.command()
 def prepare(
     dataset: str = typer.Argument(
-        ..., help="cifar10-lt, cifar100-lt, imagenet-lt, places-lt, inat2018 or synthetic-lt"
+        ..., help="cifar10-lt, cifar100-lt, imagenet-lt, places-lt, inat2018, synthetic-lt, or "
+                  "your own images: folder (one sub-folder per class) or csv (path,label files)"
     ),
     imbalance: float = typer.Option(100.0, "--imbalance", help="imbalance factor n_max / n_min"),
     seed: int = typer.Option(0, help="subset seed (0: LDAM-DRW/BCL protocol; the authors used 10)"),
     out: Optional[Path] = typer.Option(None, help="output folder [default: data/<dataset>-if<IF>]"),
     source: Optional[Path] = typer.Option(None, help="offline CIFAR archive (.npz)"),
     root: Optional[Path] = typer.Option(
-        None, help="CIFAR: torchvision download folder [data/torchvision]; lists: the image root"
+        None, help="CIFAR: torchvision download folder [data/torchvision]; lists and csv: the "
+                   "image root; folder: the training images, one sub-folder per class"
     ),
     download: bool = typer.Option(True, help="let torchvision download CIFAR into --root"),
     classes: int = typer.Option(10, help="synthetic-lt: number of classes"),
@@ -69,6 +72,21 @@ def prepare(
     val_list: Optional[Path] = typer.Option(None),
     test_list: Optional[Path] = typer.Option(None),
     force: bool = typer.Option(False, help="replace an existing output folder"),
+    train_csv: Optional[Path] = typer.Option(None, "--train", help="csv: the training path,label file"),
+    val: Optional[Path] = typer.Option(None, "--val", help="folder/csv: validation images (a folder "
+                                       "of class folders, or a CSV file)"),
+    test: Optional[Path] = typer.Option(None, "--test", help="folder/csv: test images (as --val)"),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="folder/csv: hold out this share of each class's training "
+                                     "images for validation (drawn with --seed)"),
+    test_fraction: Optional[float] = typer.Option(
+        None, "--test-fraction", help="folder/csv: hold out this share for the test split"),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help="folder/csv: training side; up to 64 stores uint8 arrays "
+                                   "(CIFAR-like views), above keeps the files (ImageNet-like "
+                                   "views) [default: 224]"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="folder/csv: leave out unreadable "
+                                  "files (listed in the manifest) instead of stopping"),
 ) -> None:
     """Build a long-tailed benchmark folder (images + manifest.json)."""
     from concutmix_cli.data.prepare import prepare as run_prepare
@@ -76,7 +94,9 @@ def prepare(
     result = run_prepare(
         dataset, out=out, imbalance=imbalance, seed=seed, source=source, root=root,
         download=download, classes=classes, n_max=n_max, train_list=train_list,
-        val_list=val_list, test_list=test_list, force=force,
+        val_list=val_list, test_list=test_list, force=force, train=train_csv, val=val,
+        test=test, image_size=image_size, val_fraction=val_fraction,
+        test_fraction=test_fraction, skip_bad=skip_bad, progress=True,
     )
     _print_prepare_summary(result.out, result.manifest)
 
@@ -92,11 +112,50 @@ def _print_prepare_summary(out: Path, manifest: dict) -> None:
     for split in ("val", "test"):
         if manifest.get(f"{split}_counts"):
             table.add_row(f"{split} images", f"{sum(manifest[f'{split}_counts']):,}")
+    if "shot_thresholds" in manifest:  # a user's own classes: by name, largest first
+        _print_own_summary(table, manifest)
+        return
     table.add_row("head counts", ", ".join(str(c) for c in counts[:5]))
     table.add_row("tail counts", ", ".join(str(c) for c in counts[-5:]))
     for name in ("many", "medium", "few"):
         table.add_row(f"{name}-shot classes", str(len(groups[name])))
     console.print(table)
+
+
+def _print_own_summary(table: Table, manifest: dict) -> None:
+    """The long-tail statistics of a user's dataset: per class counts by name, the imbalance
+    factor and the shot groups with the thresholds chosen for it."""
+    counts, names = manifest["train_counts"], manifest["classes"]
+    limits = manifest["shot_thresholds"]
+    table.add_row("stored as", "uint8 arrays" if manifest["kind"] == "arrays" else "image files")
+    table.add_row("image size", str(manifest["image_size"]))
+    rule = ("the published thresholds" if limits["rule"] == "standard"
+            else "thirds of the classes by count")
+    table.add_row("shot groups", f"many >= {limits['many_min']}, few <= {limits['few_max']} ({rule})")
+    for name in ("many", "medium", "few"):
+        table.add_row(f"{name}-shot classes", str(len(manifest["shot_groups"][name])))
+    if manifest.get("skipped"):
+        table.add_row("skipped files", str(len(manifest["skipped"])))
+    console.print(table)
+    group = {c: g for g, ids in manifest["shot_groups"].items() for c in ids}
+    per_class = Table(title="training images per class", title_justify="left")
+    for column, justify in (("class", "left"), ("train", "right"), ("val", "right"),
+                            ("test", "right"), ("group", "left")):
+        per_class.add_column(column, justify=justify)
+    for c in sorted(range(len(counts)), key=lambda c: (-counts[c], c)):
+        per_class.add_row(escape(names[c]), str(counts[c]), *(
+            str(manifest[f"{s}_counts"][c]) if manifest.get(f"{s}_counts") else "-"
+            for s in ("val", "test")), group.get(c, ""))
+    console.print(per_class)
+    for note in manifest.get("notes", []):
+        _warn("note", note)
+    for skipped in manifest.get("skipped", []):
+        _warn("skipped", f"{skipped['path']} ({skipped['reason']})")
+
+
+def _warn(kind: str, text: str) -> None:
+    """One stderr line (not wrapped: scripts grep it) with a coloured kind."""
+    err_console.print(f"[yellow]{kind}:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- train
@@ -209,8 +268,12 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON report here"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    per_class: Optional[bool] = typer.Option(
+        None, "--per-class/--no-per-class",
+        help="show precision and recall of each class by name [default: up to 20 classes]"),
 ) -> None:
-    """Top-1 overall, many/medium/few, per-class accuracy and ECE of trained weights."""
+    """Top-1 overall, many/medium/few, balanced accuracy, macro-F1, per-class precision and
+    recall, and ECE of trained weights."""
     from concutmix_cli.engine.evaluate import evaluate_run
     from concutmix_cli.outputs import check_outputs
 
@@ -228,12 +291,32 @@ def evaluate(
     table.add_column("value", justify="right")
     for key in ("overall", "many", "medium", "few"):
         value = report[key]
-        table.add_row(f"top-1 {key}", "-" if value is None else f"{100 * value:.2f}%")
+        table.add_row(f"top-1 {key}", _percent(value))
+    table.add_row("balanced accuracy", _percent(report["balanced_accuracy"]))
+    table.add_row("macro-F1", _percent(report["macro_f1"]))
     table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
     table.add_row("epoch", str(report.get("epoch")))
     console.print(table)
+    if per_class if per_class is not None else len(report["classes"]) <= 20:
+        _print_per_class(report)
     for note in report.get("notes", []):
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _print_per_class(report: dict) -> None:
+    table = Table(title="per class", title_justify="left")
+    for column, justify in (("class", "left"), ("images", "right"), ("precision", "right"),
+                            ("recall", "right")):
+        table.add_column(column, justify=justify)
+    for name, n, precision, recall in zip(report["classes"], report["per_class_support"],
+                                          report["per_class_precision"],
+                                          report["per_class_recall"]):
+        table.add_row(escape(name), str(n), _percent(precision), _percent(recall))
+    console.print(table)
 
 
 # ----------------------------------------------------------------------------- inspect-labels
@@ -328,6 +411,78 @@ def _print_inspect_report(report) -> None:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
+
+
+# ----------------------------------------------------------------------------- predict, export
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="a run folder or a .safetensors weights file"),
+    images: List[Path] = typer.Argument(
+        ..., help="image files, folders of images (searched recursively) or .txt lists of paths"),
+    top_k: int = typer.Option(5, "--top-k", help="how many classes to show per image"),
+    batch_size: int = typer.Option(64, "--batch-size", help="images per forward pass"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    as_csv: bool = typer.Option(False, "--csv", help="print CSV (path, class_1, probability_1, ...)"),
+    out: Optional[Path] = typer.Option(None, help="also write the JSON (the CSV with --csv or a "
+                                                  ".csv name) here"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="leave out unreadable images "
+                                  "(named on stderr) instead of stopping"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+) -> None:
+    """Top-k classes, by name, with probabilities for new images."""
+    from concutmix_cli.fileio import atomic_write_text
+    from concutmix_cli.outputs import check_outputs
+    from concutmix_cli.inference import predict_images, predictions_csv, predictions_json
+
+    if as_json and as_csv:
+        raise UserError("--json and --csv: choose one output format")
+    check_outputs({"--out": out}, reads=[run, *images])
+    result = predict_images(run, list(images), top_k=top_k, batch_size=batch_size, device=device,
+                            skip_bad=skip_bad, progress=True)
+    csv_text = predictions_csv(result) if as_csv or (out and out.suffix.lower() == ".csv") else None
+    json_report = json_text(predictions_json(result), ensure_ascii=False)
+    if out is not None:
+        atomic_write_text(out, csv_text if csv_text is not None else json_report + "\n")
+    for skipped in result.skipped:
+        _warn("skipped", f"{skipped['path']} ({skipped['reason']})")
+    if as_json:
+        typer.echo(json_report)
+    elif as_csv:
+        typer.echo(csv_text, nl=False)
+    else:
+        table = Table(title=escape(f"{result.source} (epoch {result.epoch}): {len(result.rows)} "
+                                   "image(s)"), title_justify="left")
+        for column, justify in (("image", "left"), ("class", "left"), ("probability", "right"),
+                                ("next", "left")):
+            table.add_column(column, justify=justify)
+        for row in result.rows:
+            first, rest = row["top"][0], row["top"][1:]
+            table.add_row(escape(row["path"]), escape(first["class"]), f"{first['probability']:.3f}",
+                          escape(", ".join(f"{t['class']} {t['probability']:.3f}" for t in rest)))
+        console.print(table)
+
+
+@app.command("export")
+def export(
+    run: Path = typer.Argument(..., help="a run folder or a .safetensors weights file"),
+    format_: str = typer.Option(..., "--format", help="torchscript or onnx (needs the onnx extra)"),
+    out: Path = typer.Option(..., help="the file to write"),
+) -> None:
+    """The classifier (normalization inside) as TorchScript or ONNX, checked by loading it back."""
+    from concutmix_cli.exporter import export_model
+    from concutmix_cli.outputs import check_outputs
+
+    check_outputs({"--out": out}, reads=[run])
+    result = export_model(run, format_, out)
+    if result.max_difference is not None:
+        console.print(f"wrote {escape(str(result.out))} ({result.format}); loaded back with "
+                      f"{result.checked_with}: logits within {result.max_difference:.1e} of the "
+                      "original's (relative to their scale)", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"wrote {escape(str(result.out))} ({result.format})", highlight=False)
+        _warn("note", result.note or "")
 
 
 # ----------------------------------------------------------------------------- entry point

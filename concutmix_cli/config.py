@@ -68,6 +68,10 @@ class ModelConfig(_Section):
     proj_dim: int = Field(128, ge=1, le=MAX_WIDTH)
     sync_batchnorm: bool = False
     """Convert BatchNorm to SyncBatchNorm under torchrun (DDP)."""
+    pretrained: str = ""
+    """Initialize the backbone at the start of a run: "" (random, Kaiming-normal), "torchvision"
+    (torchvision's default ImageNet weights, downloaded into the torch hub cache) or the path of
+    a local state-dict / .safetensors file (keys checked). models/pretrained.py."""
 
 
 class OptimConfig(_Section):

@@ -135,7 +135,7 @@ def draw_mixed_samples(
     view_seeds = counter_rng(seed, _INSPECT_STREAM, _VIEWS).integers(0, 2**63 - 1, size=num)
 
     read = _image_reader(data)
-    view = classification_view(views_kind, data.mean, data.std)
+    view = classification_view(views_kind, data.mean, data.std, data.view_side(views_kind))
     backgrounds, foregrounds = [], []
     triples = zip(index_a, index_b, view_seeds)
     if progress:

@@ -24,10 +24,6 @@ from concutmix_cli.data.sampling import BatchPlan, EpochPlanner
 from concutmix_cli.data.views import eval_transform, training_views
 from concutmix_cli.data.workers import LOADER_TIMEOUT_S, close, guarded
 
-VIEW_SIZE = {"cifar": 32, "imagenet": 224}
-"""The side of view 0 of each kind of loader-path view (where the CutMix box is drawn)."""
-
-
 def resolve_augment_on(choice: str, data: PreparedData, views_kind: str) -> str:
     """`data.augment_on` for this data: auto is the device path for in-memory images with the
     CIFAR views (the only views it makes), the loader path otherwise."""
@@ -37,10 +33,11 @@ def resolve_augment_on(choice: str, data: PreparedData, views_kind: str) -> str:
 
 
 def view_size(data: PreparedData, views_kind: str, augment_on: str) -> int:
-    """The side of view 0 in training: the device path keeps the images' size (CIFAR views)."""
+    """The side of view 0 in training (where the CutMix box is drawn): the device path keeps the
+    images' size (CIFAR views); the loader path's views are `data.view_side(views_kind)`."""
     if augment_on == "device" and data.train.images is not None:
         return int(data.train.images.shape[-2])
-    return VIEW_SIZE[views_kind]
+    return data.view_side(views_kind)
 
 
 def _split_images(split: Split, root):
@@ -69,7 +66,7 @@ class StepDataset(Dataset):
     def __init__(self, data: PreparedData, views_kind: str, contrast: bool):
         self.split = data.train
         self.image = _split_images(data.train, data.root)
-        self.views = training_views(views_kind, data.mean, data.std)
+        self.views = training_views(views_kind, data.mean, data.std, data.view_side(views_kind))
         self.contrast = contrast
         self.labels = torch.from_numpy(data.train.labels)
 
@@ -268,7 +265,7 @@ class EvalBatches:
         self.data = data
         self.batch_size = batch_size
         self.device = device
-        self.transform = eval_transform(views_kind, data.mean, data.std)
+        self.transform = eval_transform(views_kind, data.mean, data.std, data.view_side(views_kind))
         self.num_workers = default_num_workers(device) if num_workers < 0 else num_workers
         self.mean = torch.tensor(data.mean).view(1, 3, 1, 1)
         self.std = torch.tensor(data.std).view(1, 3, 1, 1)

@@ -56,13 +56,36 @@ def select_longtail_indices(labels: np.ndarray, counts: Sequence[int], seed: int
     return np.concatenate(chosen).astype(np.int64)
 
 
-def shot_groups(train_counts: Sequence[int]) -> dict[str, list[int]]:
-    """Many (> 100), medium (20..100), few (< 20) training images per class."""
+def shot_groups(train_counts: Sequence[int], many_min: int = MANY_SHOT_MIN,
+                few_max: int = FEW_SHOT_MAX) -> dict[str, list[int]]:
+    """Many (>= many_min), few (<= few_max), medium (between) training images per class; the
+    defaults are the published protocol's > 100 and < 20."""
     groups: dict[str, list[int]] = {"many": [], "medium": [], "few": []}
     for c, n in enumerate(train_counts):
-        key = "many" if n >= MANY_SHOT_MIN else "few" if n <= FEW_SHOT_MAX else "medium"
+        key = "many" if n >= many_min else "few" if n <= few_max else "medium"
         groups[key].append(c)
     return groups
+
+
+def choose_shot_thresholds(train_counts: Sequence[int]) -> dict[str, Any]:
+    """Shot-group thresholds for a user's own data, recorded in its manifest.
+
+    The published thresholds (many > 100, few < 20) when they leave at least one class in both
+    the many and the few group, so numbers stay comparable with the literature. Otherwise (small
+    data: a 40-image head class would make every class medium or few) the classes sorted by
+    training count are cut in thirds: many = at least the count of the smallest class of the
+    top third, few = at most the count of the largest class of the bottom third (classes tied
+    with a cut class join its group); where the cuts meet, many wins, so a balanced set is all
+    many.
+    """
+    counts = sorted((int(n) for n in train_counts), reverse=True)
+    standard = shot_groups(counts)
+    if standard["many"] and standard["few"]:
+        return {"rule": "standard", "many_min": MANY_SHOT_MIN, "few_max": FEW_SHOT_MAX}
+    third = -(-len(counts) // 3)
+    many_min = counts[third - 1]
+    few_max = min(counts[-third], many_min - 1)
+    return {"rule": "thirds", "many_min": many_min, "few_max": few_max}
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:

@@ -2,7 +2,7 @@
 
 CIFAR and synthetic folders are self-contained (uint8 arrays in safetensors), so training never
 needs the source again. List datasets (ImageNet-LT, Places-LT, iNat 2018) keep their split lists
-and the image root.
+and the image root. A user's own images (`folder`, `csv`: own.py) become either.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text, folder_m
 
 ARRAY_DATASETS = ("cifar10-lt", "cifar100-lt", "synthetic-lt")
 LIST_DATASETS = ("imagenet-lt", "places-lt", "inat2018")
-DATASETS = ARRAY_DATASETS + LIST_DATASETS
+OWN_DATASETS = ("folder", "csv")
+DATASETS = ARRAY_DATASETS + LIST_DATASETS + OWN_DATASETS
 SYNTHETIC_N_MAX = 200
 MAX_SEED = 2**32 - 1
 """The LDAM-DRW selection seeds numpy's legacy RNG, which takes 0 .. 2**32 - 1."""
@@ -40,7 +41,10 @@ class PrepareResult:
     manifest: dict[str, Any]
 
 
-def default_out(dataset: str, imbalance: float) -> Path:
+def default_out(dataset: str, imbalance: float, named_by: Path | None = None) -> Path:
+    if dataset in OWN_DATASETS:  # data/<the image folder's or the training CSV's name>
+        name = Path(os.path.abspath(named_by)).stem if named_by is not None else dataset
+        return Path("data") / (name or dataset)
     if dataset in LIST_DATASETS:
         return Path("data") / dataset
     return Path("data") / f"{dataset}-if{imbalance:g}"
@@ -223,15 +227,62 @@ def prepare(
     val_list: Path | None = None,
     test_list: Path | None = None,
     force: bool = False,
+    train: Path | None = None,
+    val: Path | None = None,
+    test: Path | None = None,
+    image_size: int | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    skip_bad: bool = False,
+    progress: bool = False,
 ) -> PrepareResult:
-    """Build `out` for `dataset`; returns the manifest that was written."""
+    """Build `out` for `dataset`; returns the manifest that was written.
+
+    `folder` / `csv` (a user's own images, data/own.py) take `root`, `train` (csv), `val`,
+    `test`, `image_size`, `val_fraction`, `test_fraction`, `seed` and `skip_bad`; `progress`
+    shows a bar on a terminal while the images are decoded."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
-    check_numbers(dataset, imbalance, seed, classes, n_max)
-    out = Path(out) if out is not None else default_out(dataset, imbalance)
+    own_options = {"--train": train, "--val": val, "--test": test, "--image-size": image_size,
+                   "--val-fraction": val_fraction, "--test-fraction": test_fraction,
+                   "--skip-bad": skip_bad or None}
+    if dataset in OWN_DATASETS:
+        from concutmix_cli.data import own
+
+        image_size = own.DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        val_fraction, test_fraction = val_fraction or 0.0, test_fraction or 0.0
+        own.check_options(image_size, val_fraction, test_fraction, seed, val, test)
+        if root is None or (dataset == "csv" and train is None):
+            raise UserError("prepare folder needs --root (one sub-folder per class)"
+                            if dataset == "folder" else
+                            "prepare csv needs --train (a path,label CSV file) and --root (the "
+                            "folder its paths are relative to)")
+        if dataset == "folder" and train is not None:
+            raise UserError("prepare folder takes the training images from --root; --train is "
+                            "for prepare csv")
+    else:
+        given = [option for option, value in own_options.items() if value is not None]
+        if given:
+            raise UserError(f"{given[0]} is an option of prepare folder and prepare csv, not of "
+                            f"{dataset}")
+        check_numbers(dataset, imbalance, seed, classes, n_max)
+    out = Path(out) if out is not None else default_out(
+        dataset, imbalance, root if dataset == "folder" else train)
+    if dataset == "folder" and _inside(out, root):
+        raise UserError(f"--out {out} is inside --root {root}, where it would become a class "
+                        "folder; choose an --out outside the image folder")
 
     def stage(staging: Path) -> None:
-        if dataset in LIST_DATASETS:
+        if dataset in OWN_DATASETS:
+            fields = own.stage_own(
+                staging, dataset, root=Path(root),
+                csvs={"train": train, "val": val, "test": test} if dataset == "csv" else None,
+                val=val if dataset == "folder" else None, test=test if dataset == "folder" else None,
+                image_size=image_size, val_fraction=val_fraction, test_fraction=test_fraction,
+                seed=seed, skip_bad=skip_bad, progress=progress)
+            used_imbalance = fields.pop("imbalance")
+            used_seed = fields.pop("split_seed")
+        elif dataset in LIST_DATASETS:
             from concutmix_cli.data import lists
 
             if root is None or train_list is None:
@@ -256,7 +307,7 @@ def prepare(
                 limit = n_max or sources.CIFAR_N_MAX[dataset]
             fields = _stage_arrays(staging, dataset, src, imbalance, seed, limit)
             used_imbalance, used_seed = imbalance, seed
-        fields["shot_groups"] = longtail.shot_groups(fields["train_counts"])
+        fields.setdefault("shot_groups", longtail.shot_groups(fields["train_counts"]))
         manifest = longtail.finalize_manifest(
             {
                 "dataset": dataset,
@@ -272,7 +323,8 @@ def prepare(
     result: dict[str, Any] = {}
     downloads = dataset in sources.CIFAR_N_MAX and source is None
     inputs = {"--source": source, "--root": root or (Path("data/torchvision") if downloads else None),
-              "--train-list": train_list, "--val-list": val_list, "--test-list": test_list}
+              "--train-list": train_list, "--val-list": val_list, "--test-list": test_list,
+              "--train": train, "--val": val, "--test": test}
     _write_atomically(out, stage, force, {k: Path(v) for k, v in inputs.items() if v is not None})
     return PrepareResult(out=out, manifest=result["manifest"])
 

@@ -64,6 +64,22 @@ class PreparedData:
     def std(self) -> list[float]:
         return list(self.manifest["std"])
 
+    def view_side(self, views_kind: str) -> int:
+        """The side of the views of `views_kind` on this data: CIFAR-like views keep the stored
+        arrays' side (32 for CIFAR, a user's --image-size up to 64), ImageNet-like views crop a
+        user's --image-size of files, else the defaults (32, 224)."""
+        from concutmix_cli.data.views import DEFAULT_SIDE
+
+        size = self.manifest.get("image_size")
+        wanted = "arrays" if views_kind == "cifar" else "lists"
+        return int(size) if size and self.manifest["kind"] == wanted else DEFAULT_SIDE[views_kind]
+
+    def preprocess(self, views_kind: str) -> dict[str, Any]:
+        """How an image becomes a model input at evaluation, for `predict` and `export` (saved in
+        the weights' metadata, so a weights file needs no data folder): `views.input_transform`."""
+        return {"kind": self.manifest["kind"], "views": views_kind,
+                "side": self.view_side(views_kind), "mean": self.mean, "std": self.std}
+
     def split(self, name: str) -> Split:
         found = {"train": self.train, "test": self.test, "val": self.val}.get(name)
         if found is None:

@@ -68,16 +68,27 @@ class ViewTransforms:
     contrast: Callable
 
 
-def classification_view(kind: str, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+DEFAULT_SIDE = {"cifar": 32, "imagenet": 224}
+"""The side of each kind's views unless the data says otherwise (`PreparedData.view_side`: a
+user's own images prepared with --image-size)."""
+
+EVAL_CROP_FRACTION = 224 / 256
+"""ImageNet-like evaluation: resize the shorter side to side / 0.875, center-crop the side (the
+torchvision and timm references' 256 -> 224)."""
+
+
+def classification_view(kind: str, mean: Sequence[float], std: Sequence[float],
+                        size: int | None = None) -> T.Compose:
+    size = size or DEFAULT_SIDE.get(kind, 0)
     if kind == "cifar":
         ops = [
-            T.RandomCrop(32, padding=4),
+            T.RandomCrop(size, padding=4),
             T.RandomHorizontalFlip(),
             ReferenceAutoAugment(T.AutoAugmentPolicy.CIFAR10),
         ]
     elif kind == "imagenet":
         ops = [
-            T.RandomResizedCrop(224, scale=(0.08, 1.0)),
+            T.RandomResizedCrop(size, scale=(0.08, 1.0)),
             T.RandomHorizontalFlip(),
             T.ColorJitter(0.4, 0.4, 0.4, 0.0),
             T.RandAugment(num_ops=2, magnitude=10),
@@ -87,11 +98,13 @@ def classification_view(kind: str, mean: Sequence[float], std: Sequence[float]) 
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def contrastive_view(kind: str, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+def contrastive_view(kind: str, mean: Sequence[float], std: Sequence[float],
+                     size: int | None = None) -> T.Compose:
+    size = size or DEFAULT_SIDE.get(kind, 0)
     if kind == "cifar":
-        size, scale = 32, (0.2, 1.0)
+        scale = (0.2, 1.0)
     elif kind == "imagenet":
-        size, scale = 224, (0.08, 1.0)
+        scale = (0.08, 1.0)
     else:
         raise ValueError(f"unknown view kind {kind!r}")
     ops = [
@@ -105,11 +118,37 @@ def contrastive_view(kind: str, mean: Sequence[float], std: Sequence[float]) -> 
     return T.Compose([*ops, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def training_views(kind: str, mean: Sequence[float], std: Sequence[float]) -> ViewTransforms:
-    return ViewTransforms(classification_view(kind, mean, std), contrastive_view(kind, mean, std))
+def training_views(kind: str, mean: Sequence[float], std: Sequence[float],
+                   size: int | None = None) -> ViewTransforms:
+    return ViewTransforms(classification_view(kind, mean, std, size),
+                          contrastive_view(kind, mean, std, size))
 
 
-def eval_transform(kind: str, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+def eval_resize(kind: str, size: int | None = None) -> list:
+    """The geometric part of the evaluation transform (PIL in, PIL out): nothing for CIFAR-like
+    views of stored arrays, resize + center crop for ImageNet-like ones."""
     if kind == "cifar":
-        return T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(mean, std)])
+        return []
+    size = size or DEFAULT_SIDE[kind]
+    return [T.Resize(int(round(size / EVAL_CROP_FRACTION))), T.CenterCrop(size)]
+
+
+def eval_transform(kind: str, mean: Sequence[float], std: Sequence[float],
+                   size: int | None = None) -> T.Compose:
+    return T.Compose([*eval_resize(kind, size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def array_resize(side: int) -> list:
+    """How `prepare folder|csv` turns an image into a stored side x side array (and `predict` a
+    new image for such a run): shorter side to `side` (bilinear, antialiased), center crop."""
+    return [T.Resize(side), T.CenterCrop(side)]
+
+
+def input_transform(preprocess: dict) -> T.Compose:
+    """PIL image -> normalized model input of a trained run (`PreparedData.preprocess`): stored
+    arrays were made by `array_resize`, files go through the evaluation transform."""
+    if preprocess["kind"] == "arrays":
+        geometry = array_resize(int(preprocess["side"]))
+    else:
+        geometry = eval_resize(preprocess["views"], int(preprocess["side"]))
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(preprocess["mean"], preprocess["std"])])

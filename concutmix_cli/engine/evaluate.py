@@ -1,4 +1,6 @@
-"""Predictions -> top-1 overall, many / medium / few, per-class accuracy and calibration (ECE)."""
+"""Predictions -> top-1 overall, many / medium / few, per-class accuracy and calibration (ECE),
+and for imbalanced test sets (a user's own split) balanced accuracy, macro-F1 and per-class
+precision / recall."""
 
 from __future__ import annotations
 
@@ -32,12 +34,21 @@ def accuracy_report(
     per-class accuracies of the classes in the group (the usual LT protocol, equal to the sample
     average on balanced test sets)."""
     num_classes = probs.shape[1]
-    correct = (probs.argmax(dim=1) == labels).double()
+    predicted = probs.argmax(dim=1)
+    correct = (predicted == labels).double()
     per_class_hits = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, correct)
     per_class_n = torch.bincount(labels, minlength=num_classes).double()
     per_class = [
         None if n == 0 else float(h / n) for h, n in zip(per_class_hits.tolist(), per_class_n.tolist())
     ]
+    per_class_predicted = torch.bincount(predicted, minlength=num_classes).double()
+    precision = [None if p == 0 else float(h / p)
+                 for h, p in zip(per_class_hits.tolist(), per_class_predicted.tolist())]
+    recalls = [r for r in per_class if r is not None]
+    # F1_c = 2 TP / (2 TP + FP + FN) over the classes that occur or are predicted (scikit-learn's
+    # macro average: a class predicted but absent, or present and never predicted, scores 0)
+    f1_denominator = per_class_n + per_class_predicted  # 2 TP + FP + FN
+    f1 = [2 * h / d for h, d in zip(per_class_hits.tolist(), f1_denominator.tolist()) if d > 0]
 
     def group(ids: Iterable[int]) -> float | None:
         values = [per_class[c] for c in ids if per_class[c] is not None]
@@ -48,8 +59,13 @@ def accuracy_report(
         "many": group(shot_groups.get("many", [])),
         "medium": group(shot_groups.get("medium", [])),
         "few": group(shot_groups.get("few", [])),
+        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else None,
+        "macro_f1": sum(f1) / len(f1) if f1 else None,
         "ece": expected_calibration_error(probs.float(), labels),
         "per_class": per_class,
+        "per_class_precision": precision,
+        "per_class_recall": per_class,
+        "per_class_support": [int(n) for n in per_class_n.tolist()],
         "num_samples": int(len(labels)),
     }
 
@@ -200,5 +216,6 @@ def evaluate_run(run_or_weights: Path, data: Path | None = None, split: str = "t
     probs, labels = predict(model, tracked(batches, steps, f"eval {split}"), torch_device)
     report = accuracy_report(probs, labels, prepared.manifest["shot_groups"])
     report.update({"split": split, "source": str(weights), "epoch": meta.get("epoch"),
-                   "data": str(prepared.folder), "notes": [note] if note else []})
+                   "data": str(prepared.folder), "classes": prepared.classes,
+                   "notes": [note] if note else []})
     return report

@@ -84,9 +84,6 @@ def check_config_against_data(cfg: Config, data: PreparedData) -> None:
         )
     if cfg.data.augment_on == "device" and not data.is_arrays:
         raise UserError("data.augment_on = 'device' needs an in-memory dataset (CIFAR, synthetic)")
-    if cfg.data.views == "cifar" and data.is_arrays and data.manifest.get("image_size") != 32:
-        raise UserError(f"data.views = 'cifar' expects 32x32 images; {data.folder} has "
-                        f"{data.manifest.get('image_size')}")
 
 
 def resolve_request(request: TrainRequest) -> tuple[Config, RunFolder, bool]:
@@ -120,7 +117,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run: RunFolder, ctx: dist_utils.DistContext | None = None, *,
                  data: PreparedData | None = None, on_event: Callback | None = None,
-                 stop: StopFlag | None = None):
+                 stop: StopFlag | None = None, fresh: bool = True):
         self.cfg = cfg
         self.run = run
         self.emit = on_event or (lambda event: None)
@@ -150,7 +147,13 @@ class Trainer:
 
         with torch.random.fork_rng(devices=[]):  # the run's seed, the caller's RNG untouched
             torch.manual_seed(rt.seed)
-            self.model = build_model(cfg.model, self.data.num_classes).to(self.device)
+            self.model = build_model(cfg.model, self.data.num_classes)
+        if fresh and cfg.model.pretrained:  # a resumed run loads its own weights instead
+            from concutmix_cli.models.pretrained import init_pretrained
+
+            loaded = init_pretrained(self.model.backbone, cfg.model.arch, cfg.model.pretrained)
+            self.emit(Message(f"backbone initialized from {loaded}"))
+        self.model = self.model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model = self._wrap_distributed(self.model)
@@ -190,6 +193,7 @@ class Trainer:
             "config": self.cfg.model_dump(), "epoch": epoch, "num_classes": self.data.num_classes,
             "classes": self.data.classes, "arch": self.cfg.model.arch,
             "data_checksum": self.data.manifest.get("checksum"),
+            "preprocess": self.data.preprocess(self.cfg.data.views),
         }
 
     def _state(self, epoch: int, step: int) -> dict[str, Any]:
@@ -538,7 +542,8 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
         elif ctx.is_main:
             _note(emit, lock.acquire())
         try:
-            trainer = Trainer(cfg, run, ctx, data=data, on_event=emit, stop=stop)
+            trainer = Trainer(cfg, run, ctx, data=data, on_event=emit, stop=stop,
+                              fresh=not resuming)
         except BaseException:
             if ctx.is_main and not resuming:  # bad data or config: leave no empty run behind
                 lock.release()

@@ -1,0 +1,376 @@
+"""A user's own images as a prepared dataset: `concutmix prepare folder|csv` (docs/own-data.md).
+
+folder: the ImageFolder layout, one sub-folder per class under --root (class names are the
+folder names, sorted as torchvision sorts them); --val / --test name folders of the same layout.
+csv: `path,label` files with a header row (--train, --val, --test), paths relative to --root,
+labels class names or indices 0..C-1.
+
+Every image is decoded once here, so training never meets an unreadable file. With
+--image-size up to 64 the images are stored as uint8 arrays like CIFAR (shorter side resized,
+center crop: `views.array_resize`), which the CIFAR-like views and the device augmentation path
+take; larger sizes keep the files and a split list, read with the ImageNet-like views
+(`lists.ListImageDataset`). Held-out splits can be drawn per class (--val-fraction,
+--test-fraction). Returns the manifest fields; prepare.py writes the folder atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from concutmix_cli.data import longtail
+from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import sha256_file
+
+ARRAY_MAX_SIDE = 64
+"""--image-size up to this: uint8 arrays in memory (CIFAR-like); above it: image files."""
+DEFAULT_IMAGE_SIZE = 224
+MAX_IMAGE_SIZE = 1024
+SPLITS = ("train", "val", "test")
+_SHOW = 3
+"""How many file names one error message shows."""
+_INDEX = re.compile(r"[0-9]+", re.ASCII)
+
+
+@dataclass
+class Item:
+    """One image: its path relative to the dataset root, its class and split."""
+
+    rel: str
+    label: int
+    split: str
+    where: str
+    """For messages: the folder or the CSV line that named it."""
+
+
+def _shown(items: list[str]) -> str:
+    return ", ".join(f"'{i}'" for i in items[:_SHOW]) + (", ..." if len(items) > _SHOW else "")
+
+
+def check_options(image_size: int, val_fraction: float, test_fraction: float, seed: int,
+                  val: Path | None, test: Path | None) -> None:
+    """Every option of `prepare folder|csv`, before anything is read."""
+    if not 8 <= image_size <= MAX_IMAGE_SIZE:
+        raise UserError(f"--image-size must be between 8 and {MAX_IMAGE_SIZE} (got {image_size})")
+    for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise UserError(f"{option} must be at least 0 and below 1 (got {value:g})")
+    if val_fraction + test_fraction >= 1:
+        raise UserError(f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} "
+                        "hold out every image; their sum must be below 1")
+    if val is not None and val_fraction:
+        raise UserError("--val and --val-fraction both make a validation split; pass one")
+    if test is not None and test_fraction:
+        raise UserError("--test and --test-fraction both make a test split; pass one")
+    if not 0 <= seed <= 2**32 - 1:
+        raise UserError(f"--seed must be between 0 and {2**32 - 1} (got {seed})")
+
+
+# --------------------------------------------------------------------------------------------
+# What the user gave: folders or CSV files -> classes and items
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _class_folders(folder: Path, option: str) -> list[str]:
+    if not folder.is_dir():
+        raise UserError(f"{option} {folder}: not a folder; give the folder that holds one "
+                        "sub-folder per class")
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _is_hidden(e.name))
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under `folder` (recursively, links followed, sorted), hidden names left out."""
+    found = []
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        found += [Path(parent) / f for f in sorted(files) if not _is_hidden(f)]
+    return found
+
+
+def scan_folders(root: Path, val: Path | None, test: Path | None) -> tuple[list[str], Path, list[Item]]:
+    """Classes (the sorted sub-folder names of `root`), the common root of all images, items."""
+    root = Path(root)
+    classes = _class_folders(root, "--root")
+    if len(classes) < 2:
+        raise UserError(f"--root {root}: found {len(classes)} class folder(s); the ImageFolder "
+                        "layout needs one sub-folder per class, at least 2")
+    folders = {"train": root, "val": val, "test": test}
+    used = {s: Path(os.path.abspath(f)) for s, f in folders.items() if f is not None}
+    common = Path(os.path.commonpath([str(p) for p in used.values()]))
+    index = {name: c for c, name in enumerate(classes)}
+    items: list[Item] = []
+    for split, folder in used.items():
+        option = "--root" if split == "train" else f"--{split}"
+        names = _class_folders(folder, option)
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise UserError(f"{option} {folders[split]}: class folder(s) {_shown(unknown)} are not "
+                            f"classes of --root {root}; every {split} class needs training images")
+        for name in names:
+            files = _files_under(folder / name)
+            if split == "train" and not files:
+                raise UserError(f"--root {root}: class folder '{name}' holds no files; every "
+                                "class needs training images (remove the empty folder)")
+            items += [Item(os.path.relpath(f, common), index[name], split,
+                           f"{option} {folders[split]}") for f in files]
+    return classes, common, items
+
+
+def _read_csv(path: Path, option: str) -> list[tuple[str, str, int]]:
+    """(path, label, line) of each data row of a `path,label` CSV file with a header row."""
+    if not Path(path).is_file():
+        raise UserError(f"{option} {path}: file not found")
+    rows: list[tuple[str, str, int]] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            names = [h.strip().lower() for h in header or []]
+            if "path" not in names or "label" not in names:
+                raise UserError(f"{option} {path} line 1: the header row must name the columns "
+                                f"path and label (found: {', '.join(names) or 'nothing'})")
+            col_path, col_label = names.index("path"), names.index("label")
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                line = reader.line_num
+                if len(row) <= max(col_path, col_label):
+                    raise UserError(f"{option} {path} line {line}: {len(row)} column(s), the "
+                                    f"header has {len(names)}")
+                rel, label = row[col_path].strip(), row[col_label].strip()
+                if not rel or not label:
+                    raise UserError(f"{option} {path} line {line}: empty "
+                                    f"{'path' if not rel else 'label'}")
+                rows.append((rel, label, line))
+    except UnicodeDecodeError:
+        raise UserError(f"{option} {path}: not UTF-8 text; save the CSV as UTF-8") from None
+    except csv.Error as err:
+        raise UserError(f"{option} {path}: not a readable CSV file ({err})") from None
+    if not rows:
+        raise UserError(f"{option} {path}: no data rows after the header")
+    return rows
+
+
+def _relative(rel: str, root: Path, where: str) -> str:
+    """A CSV path relative to the root: relative ones as they are, absolute ones inside it."""
+    if os.path.isabs(rel):
+        inside = os.path.relpath(rel, root)
+        if inside == os.pardir or inside.startswith(os.pardir + os.sep):
+            raise UserError(f"{where}: '{rel}' is not inside --root {root}; paths must be "
+                            "relative to --root or inside it")
+        return inside
+    norm = os.path.normpath(rel)
+    if norm == os.pardir or norm.startswith(os.pardir + os.sep):
+        raise UserError(f"{where}: '{rel}' points outside --root {root} (no '..' above it)")
+    return norm
+
+
+def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list[Item]]:
+    """Classes and items of the CSV files. Labels are indices when every label of every file is
+    a non-negative integer (classes 0..C-1, C = the largest training label + 1), else class
+    names (the sorted names of the training file)."""
+    if not Path(root).is_dir():
+        raise UserError(f"--root {root}: not a folder; give the folder the CSV paths are "
+                        "relative to")
+    root = Path(root).resolve()
+    rows = {s: _read_csv(p, f"--{s}") for s, p in csvs.items() if p is not None}
+    as_index = all(_INDEX.fullmatch(label) for split_rows in rows.values()
+                   for _, label, _ in split_rows)
+    train_labels = [label for _, label, _ in rows["train"]]
+    if as_index:
+        count = max(int(label) for label in train_labels) + 1
+        absent = sorted(set(range(count)) - {int(label) for label in train_labels})
+        if absent:
+            raise UserError(f"--train {csvs['train']}: labels are indices 0..{count - 1} but "
+                            f"class(es) {', '.join(map(str, absent[:5]))} have no training row; "
+                            "number the classes 0..C-1, or use class names")
+        classes = [str(c) for c in range(count)]
+    else:
+        classes = sorted(set(train_labels))
+    index = {name: c for c, name in enumerate(classes)}
+    items: list[Item] = []
+    first_seen: dict[str, str] = {}
+    for split, split_rows in rows.items():
+        for rel, label, line in split_rows:
+            where = f"--{split} {csvs[split]} line {line}"
+            if label not in index:
+                raise UserError(f"{where}: class '{label}' has no training row; every {split} "
+                                "class must be a class of --train")
+            norm = _relative(rel, root, where)
+            if norm in first_seen:
+                raise UserError(f"{where}: '{rel}' is already listed ({first_seen[norm]}); each "
+                                "image may be listed once, in one split")
+            first_seen[norm] = where
+            items.append(Item(norm, index[label], split, where))
+    return classes, items
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding (once), held-out splits
+
+
+def decode(path: str) -> Image.Image:
+    """An RGB PIL image, fully decoded (truncated files fail here, not in training)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def decode_all(root: Path, items: list[Item], side: int | None, skip_bad: bool,
+               progress: bool) -> tuple[list[Item], list[np.ndarray] | None, list[dict[str, str]]]:
+    """Decode every image once. Returns the readable items, their side x side uint8 arrays (when
+    `side` is given: stored as arrays), and the skipped files; without `skip_bad` any unreadable
+    file is an error naming them all (count and the first few)."""
+    from concutmix_cli.data.views import array_resize
+    from torchvision import transforms as T
+
+    resize = T.Compose(array_resize(side)) if side else None
+    good: list[Item] = []
+    arrays: list[np.ndarray] = []
+    bad: list[dict[str, str]] = []
+    sequence = items
+    if progress:
+        from concutmix_cli.progress import tracked
+
+        sequence = tracked(items, len(items), "decoding images")
+    for item in sequence:
+        path = os.path.join(root, item.rel)
+        try:
+            image = decode(path)
+            if resize is not None:
+                arrays.append(np.asarray(resize(image), dtype=np.uint8))
+        except FileNotFoundError:
+            bad.append({"path": item.rel, "split": item.split, "reason": "file not found"})
+            continue
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            bad.append({"path": item.rel, "split": item.split, "reason": reason})
+            continue
+        good.append(item)
+    if bad and not skip_bad:
+        raise UserError(f"{len(bad)} of {len(items)} files are not readable images "
+                        f"({_shown([b['path'] for b in bad])}; first: {bad[0]['reason']}); remove "
+                        "them, or pass --skip-bad to leave them out (they are listed in the "
+                        "manifest)")
+    return good, (arrays if side else None), bad
+
+
+def held_out_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(val, test) images of a class of n: round(f * n) (halves up), at least 1 where f > 0, then
+    fewer (val first) until one image is left for training."""
+    def share(f: float) -> int:
+        return max(1, math.floor(f * n + 0.5)) if f > 0 else 0
+
+    val, test = share(val_fraction), share(test_fraction)
+    while n - val - test < 1:
+        if val > 0:
+            val -= 1
+        else:
+            test -= 1
+    return val, test
+
+
+def split_held_out(items: list[Item], classes: list[str], val_fraction: float,
+                   test_fraction: float, seed: int) -> tuple[list[Item], list[str]]:
+    """Move `held_out_counts` training images of each class, drawn with `seed`, to val / test;
+    notes say which classes were too small for their share."""
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+    for c, name in enumerate(classes):
+        own = [i for i, item in enumerate(items) if item.split == "train" and item.label == c]
+        val, test = held_out_counts(len(own), val_fraction, test_fraction)
+        lacks = [s for s, k, f in (("val", val, val_fraction), ("test", test, test_fraction))
+                 if f and not k]
+        if lacks:
+            notes.append(f"class '{name}' has only {len(own)} image(s): {len(own) - val - test} "
+                         f"kept for training, none for {' or '.join(lacks)}")
+        order = rng.permutation(len(own))
+        for k, position in enumerate(order[: val + test]):
+            items[own[position]].split = "test" if k < test else "val"
+    return items, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Staging
+
+
+def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path | None] | None = None,
+              val: Path | None = None, test: Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
+              val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
+              skip_bad: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Read, decode, split and write a user's dataset into `staging`; the manifest fields."""
+    from concutmix_cli.data.prepare import _channel_stats, _save_split, sources_mean_std
+    from concutmix_cli.data.lists import _write_list
+
+    if dataset == "folder":
+        classes, common, items = scan_folders(Path(root), val, test)
+        source = {"type": "folder", "root": str(Path(root).resolve()),
+                  "val": str(Path(val).resolve()) if val else None,
+                  "test": str(Path(test).resolve()) if test else None}
+    else:
+        classes, items = read_csvs(Path(root), csvs or {})
+        common = Path(root).resolve()
+        source = {"type": "csv", "root": str(common), "files": {
+            s: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
+            for s, p in (csvs or {}).items() if p is not None}}
+    as_arrays = image_size <= ARRAY_MAX_SIDE
+    items, arrays, skipped = decode_all(common, items, image_size if as_arrays else None,
+                                        skip_bad, progress)
+    counts = np.bincount([i.label for i in items if i.split == "train"], minlength=len(classes))
+    empty = [classes[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        raise UserError(f"class(es) {_shown(empty)} have no readable training image left; add "
+                        "images or remove the class")
+    notes: list[str] = []
+    if val_fraction or test_fraction:
+        items, notes = split_held_out(items, classes, val_fraction, test_fraction, seed)
+
+    by_split = {s: [k for k, item in enumerate(items) if item.split == s] for s in SPLITS}
+    fields: dict[str, Any] = {"num_classes": len(classes), "classes": classes,
+                              "image_size": image_size}
+    splits: dict[str, str | None] = {}
+    split_counts: dict[str, list[int] | None] = {}
+    files: dict[str, str] = {}
+    for split, keys in by_split.items():
+        if not keys:
+            splits[split] = split_counts[split] = None
+            continue
+        labels = np.array([items[k].label for k in keys], dtype=np.int64)
+        split_counts[split] = longtail.class_counts(labels, len(classes))
+        if as_arrays:
+            name = f"{split}.safetensors"
+            files[name] = _save_split(staging, split, np.stack([arrays[k] for k in keys]), labels)
+        else:
+            name = f"{split}.txt"
+            _write_list(staging / name, [(items[k].rel, items[k].label) for k in keys])
+        splits[split] = name
+    if as_arrays:
+        mean, std = _channel_stats(np.stack([arrays[k] for k in by_split["train"]]))
+        fields.update(kind="arrays", mean=mean, std=std, files=files)
+    else:
+        mean, std = sources_mean_std()
+        fields.update(kind="lists", root=str(common), mean=list(mean), std=list(std))
+    train_counts = split_counts["train"]
+    thresholds = longtail.choose_shot_thresholds(train_counts)
+    fields.update(
+        train_counts=train_counts, val_counts=split_counts["val"],
+        test_counts=split_counts["test"], train_indices=list(range(len(by_split["train"]))),
+        splits=splits, imbalance=max(train_counts) / min(train_counts),
+        shot_thresholds=thresholds,
+        shot_groups=longtail.shot_groups(train_counts, thresholds["many_min"], thresholds["few_max"]),
+        split_seed=seed if (val_fraction or test_fraction) else None,
+        val_fraction=val_fraction or None, test_fraction=test_fraction or None,
+        skipped=skipped, notes=notes,
+        source=source,
+    )
+    return fields
