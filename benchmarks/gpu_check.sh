@@ -20,13 +20,7 @@ DATA=${DATA:-data/cifar100-lt-if100}
 STEPS=${STEPS:-20}
 EXTRA=${EXTRA:-}
 mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1
-
-if [ -d .whl ] && ! python3 -c "import pydantic" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+. benchmarks/device_env.sh
 if [ ! -f "$DATA/manifest.json" ] && [ -f .devdata/cifar100-lt-if100.tar.xz ]; then
   mkdir -p data && tar -xJf .devdata/cifar100-lt-if100.tar.xz -C data
 fi
