@@ -48,15 +48,19 @@ def train(config: Config | dict[str, Any] | str, run_dir: Path | str, *,
 
 
 def evaluate(run_or_weights: Path | str, *, data: Path | str | None = None, split: str = "test",
-             device: str = "auto") -> dict[str, Any]:
-    """Top-1 (overall, many / medium / few), per-class accuracy and ECE of trained weights."""
+             device: str = "auto", callbacks: Callback | list[Callback] | None = None,
+             ) -> dict[str, Any]:
+    """Top-1 (overall, many / medium / few), per-class accuracy and ECE of trained weights;
+    `callbacks` receive `WorkProgress` events."""
     return evaluate_run(Path(run_or_weights), data=Path(data) if data else None, split=split,
-                        device=device)
+                        device=device, callbacks=callbacks)
 
 
 def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None, num: int = 16,
                    seed: int = 0, omega: float | None = None, top_k: int | None = None,
-                   device: str = "auto") -> InspectReport:
-    """What rectification does to `num` mixed samples of the run's data, as data."""
+                   device: str = "auto", callbacks: Callback | list[Callback] | None = None,
+                   ) -> InspectReport:
+    """What rectification does to `num` mixed samples of the run's data, as data;
+    `callbacks` receive `WorkProgress` events while the samples are drawn."""
     return inspect_run(run_or_weights, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
-                       device=device, progress=False)
+                       device=device, callbacks=callbacks)
