@@ -55,7 +55,8 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["resnet32", "resnet50", "resnext50_32x4d"] = "resnet32"
+    arch: Literal["resnet8", "resnet32", "resnet50", "resnext50_32x4d"] = "resnet32"
+    """resnet8 (one block per stage) is for the quick-start preset; resnet32 for CIFAR."""
     classifier: Literal["linear", "cosine"] = "linear"
     """`linear`: logits = W h + b, what the authors' published CIFAR runs used (no `--use_norm`);
     `cosine`: logits = s * normalize(h) @ normalize(W), their ImageNet-LT / iNaturalist runs.
@@ -126,6 +127,8 @@ class RuntimeConfig(_Section):
     """Non-finite losses to skip (batch dropped) before the run stops; 0 stops at the first."""
     max_steps_per_epoch: int = Field(0, ge=0)
     """Cap on steps per epoch (0 = the whole epoch); for smoke runs and benchmarks."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars into RUN/tensorboard (the `tensorboard` extra)."""
 
 
 class Config(_Section):
