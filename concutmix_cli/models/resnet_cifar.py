@@ -127,7 +127,7 @@ class CifarResNet(nn.Module):
 
 
 def resnet8(**kwargs) -> CifarResNet:
-    """ResNet-8: one BasicBlock per stage, 64-d feature, about 78K parameters; about 6x cheaper
+    """ResNet-8: one BasicBlock per stage, 64-d feature, about 75K parameters; about 6x cheaper
     than ResNet-32 a step, for the quick-start preset that has to learn in minutes on a CPU."""
     return CifarResNet(depth=8, **kwargs)
 
