@@ -1,10 +1,11 @@
 """concutmix: long-tailed image recognition with Contrastive CutMix (ConCutMix).
 
-`train`, `evaluate` and `inspect_labels` (api.py) are the library; `concutmix` is its CLI."""
+`train`, `evaluate`, `inspect_labels`, `plot` and `report` (api.py) are the library; `concutmix` is its CLI."""
 
 __version__ = "0.1.0"
 
-_API = ("train", "evaluate", "inspect_labels", "TrainResult", "InspectReport", "StopFlag")
+_API = ("train", "evaluate", "inspect_labels", "plot", "report", "TrainResult", "InspectReport",
+        "StopFlag")
 
 
 def __getattr__(name: str):

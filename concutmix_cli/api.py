@@ -24,7 +24,8 @@ from concutmix_cli.engine.train import TrainResult, run
 from concutmix_cli.events import Callback, StopFlag
 from concutmix_cli.inspect import InspectReport, inspect_run
 
-__all__ = ["evaluate", "inspect_labels", "train", "TrainResult", "InspectReport", "StopFlag"]
+__all__ = ["evaluate", "inspect_labels", "plot", "report", "train", "TrainResult", "InspectReport",
+           "StopFlag"]
 
 
 def train(config: Config | dict[str, Any] | str, run_dir: Path | str, *,
@@ -64,3 +65,22 @@ def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None
     `callbacks` receive `WorkProgress` events while the samples are drawn."""
     return inspect_run(run_or_weights, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
                        device=device, callbacks=callbacks)
+
+
+def report(runs: list[Path | str], *, group_by: str | None = None, evaluate: bool = True):
+    """The last epoch of each run and mean +- sample std per `group_by` value, as a
+    `report.Report` (`.runs`, `.groups`, `.as_dict()`; `report.markdown(...)` formats it)."""
+    from concutmix_cli.report import build_report
+
+    return build_report([Path(r) for r in runs], group_by, evaluate=evaluate)
+
+
+def plot(runs: list[Path | str], out: Path | str, *, fmt: str = "png", split: str = "test",
+         device: str = "auto", force: bool = False,
+         callbacks: Callback | list[Callback] | None = None) -> dict[str, Path]:
+    """Per-class accuracy, learning curves and confusion matrices of `runs` into folder `out`;
+    returns {what: file}. Needs the `plot` extra (matplotlib)."""
+    from concutmix_cli.plots import plot_runs
+
+    return plot_runs([Path(r) for r in runs], Path(out), fmt, split=split, device=device,
+                     force=force, callbacks=callbacks)

@@ -185,6 +185,9 @@ def test_report_mean_and_std_match_the_runs_own_metrics(cli, runs):
     code, out, err = cli("report", *runs, "--group-by", "method", "--json")
     assert code == 0, err
     report = json.loads(out)
+    import concutmix_cli as cc
+
+    assert cc.report(runs, group_by="method").as_dict() == report  # the library, the same data
     rows = {m: [last_row(r) for r in runs if r.name.startswith(m)] for m in ("ce", "concutmix")}
     groups = {g["group"]: g for g in report["groups"]}
     assert sorted(groups) == ["ce", "concutmix"] and groups["ce"]["n"] == 2
