@@ -69,8 +69,8 @@ def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None
 
 def report(runs: list[Path | str], *, group_by: str | None = None, evaluate: bool = True):
     """The last epoch of each run and mean +- sample std per `group_by` value, as a
-    `report.Report` (`.runs`, `.groups`, `.as_dict()`; `report.markdown(...)` formats it)."""
-    from concutmix_cli.report import build_report
+    `reporting.Report` (`.runs`, `.groups`, `.as_dict()`; `reporting.markdown` formats it)."""
+    from concutmix_cli.reporting import build_report
 
     return build_report([Path(r) for r in runs], group_by, evaluate=evaluate)
 

@@ -370,7 +370,7 @@ def report(
         "nor equal to top-1 (unequal test classes)"),
 ) -> None:
     """Last-epoch top-1, many/medium/few, balanced accuracy and ECE of runs; mean +- std per group."""
-    from concutmix_cli.report import build_report, csv_text, markdown
+    from concutmix_cli.reporting import build_report, csv_text, markdown
 
     if sum((as_markdown, as_csv, as_json)) > 1:
         raise UserError("give at most one of --markdown, --csv and --json")
@@ -387,7 +387,7 @@ def report(
 
 def _print_report(result) -> None:
     from concutmix_cli.progress import print_table
-    from concutmix_cli.report import group_table_rows, run_table_rows
+    from concutmix_cli.reporting import group_table_rows, run_table_rows
 
     title = "last epoch, test split (accuracies in %)"
     tables = [(title, *run_table_rows(result))]
