@@ -1,12 +1,12 @@
 """concutmix: long-tailed image recognition with Contrastive CutMix (ConCutMix).
 
-`prepare`, `train`, `evaluate`, `inspect_labels`, `predict` and `export` (api.py) are the library;
-`concutmix` is its CLI."""
+`prepare`, `train`, `evaluate`, `inspect_labels`, `predict`, `export`, `plot` and `report`
+(api.py) are the library; `concutmix` is its CLI."""
 
 __version__ = "0.1.0"
 
-_API = ("train", "evaluate", "inspect_labels", "prepare", "predict", "export", "TrainResult",
-        "InspectReport", "Predictions", "StopFlag")
+_API = ("train", "evaluate", "inspect_labels", "prepare", "predict", "export", "plot", "report",
+        "TrainResult", "InspectReport", "Predictions", "StopFlag")
 
 
 def __getattr__(name: str):

@@ -25,8 +25,8 @@ from concutmix_cli.events import Callback, StopFlag
 from concutmix_cli.inspect import InspectReport, inspect_run
 from concutmix_cli.inference import Predictions
 
-__all__ = ["evaluate", "export", "inspect_labels", "predict", "prepare", "train", "TrainResult",
-           "InspectReport", "Predictions", "StopFlag"]
+__all__ = ["evaluate", "export", "inspect_labels", "plot", "predict", "prepare", "report", "train",
+           "TrainResult", "InspectReport", "Predictions", "StopFlag"]
 
 
 def prepare(dataset: str, out: Path | str | None = None, **options: Any) -> dict[str, Any]:
@@ -59,10 +59,12 @@ def train(config: Config | dict[str, Any] | str, run_dir: Path | str, *,
 
 
 def evaluate(run_or_weights: Path | str, *, data: Path | str | None = None, split: str = "test",
-             device: str = "auto") -> dict[str, Any]:
-    """Top-1 (overall, many / medium / few), per-class accuracy and ECE of trained weights."""
+             device: str = "auto", callbacks: Callback | list[Callback] | None = None,
+             ) -> dict[str, Any]:
+    """Top-1 (overall, many / medium / few), per-class accuracy and ECE of trained weights;
+    `callbacks` receive `WorkProgress` events."""
     return evaluate_run(Path(run_or_weights), data=Path(data) if data else None, split=split,
-                        device=device)
+                        device=device, callbacks=callbacks)
 
 
 def predict(run_or_weights: Path | str, images: list[Path | str] | Path | str, *, top_k: int = 5,
@@ -84,7 +86,28 @@ def export(run_or_weights: Path | str, format: str, out: Path | str):  # noqa: A
 
 def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None, num: int = 16,
                    seed: int = 0, omega: float | None = None, top_k: int | None = None,
-                   device: str = "auto") -> InspectReport:
-    """What rectification does to `num` mixed samples of the run's data, as data."""
+                   device: str = "auto", callbacks: Callback | list[Callback] | None = None,
+                   ) -> InspectReport:
+    """What rectification does to `num` mixed samples of the run's data, as data;
+    `callbacks` receive `WorkProgress` events while the samples are drawn."""
     return inspect_run(run_or_weights, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
-                       device=device, progress=False)
+                       device=device, callbacks=callbacks)
+
+
+def report(runs: list[Path | str], *, group_by: str | None = None, evaluate: bool = True):
+    """The last epoch of each run and mean +- sample std per `group_by` value, as a
+    `reporting.Report` (`.runs`, `.groups`, `.as_dict()`; `reporting.markdown` formats it)."""
+    from concutmix_cli.reporting import build_report
+
+    return build_report([Path(r) for r in runs], group_by, evaluate=evaluate)
+
+
+def plot(runs: list[Path | str], out: Path | str, *, fmt: str = "png", split: str = "test",
+         device: str = "auto", force: bool = False,
+         callbacks: Callback | list[Callback] | None = None) -> dict[str, Path]:
+    """Per-class accuracy, learning curves and confusion matrices of `runs` into folder `out`;
+    returns {what: file}. Needs the `plot` extra (matplotlib)."""
+    from concutmix_cli.plots import plot_runs
+
+    return plot_runs([Path(r) for r in runs], Path(out), fmt, split=split, device=device,
+                     force=force, callbacks=callbacks)

@@ -8,7 +8,6 @@ User errors (`UserError`, unreadable paths, a full disk) print one line and exit
 from __future__ import annotations
 
 import errno
-import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -90,14 +89,19 @@ def prepare(
 ) -> None:
     """Build a long-tailed benchmark folder (images + manifest.json)."""
     from concutmix_cli.data.prepare import prepare as run_prepare
+    from concutmix_cli.progress import WorkBar
 
-    result = run_prepare(
-        dataset, out=out, imbalance=imbalance, seed=seed, source=source, root=root,
-        download=download, classes=classes, n_max=n_max, train_list=train_list,
-        val_list=val_list, test_list=test_list, force=force, train=train_csv, val=val,
-        test=test, image_size=image_size, val_fraction=val_fraction,
-        test_fraction=test_fraction, skip_bad=skip_bad, progress=True,
-    )
+    bar = WorkBar(err_console)
+    try:
+        result = run_prepare(
+            dataset, out=out, imbalance=imbalance, seed=seed, source=source, root=root,
+            download=download, classes=classes, n_max=n_max, train_list=train_list,
+            val_list=val_list, test_list=test_list, force=force, train=train_csv, val=val,
+            test=test, image_size=image_size, val_fraction=val_fraction,
+            test_fraction=test_fraction, skip_bad=skip_bad, callbacks=bar,
+        )
+    finally:
+        bar.close()
     _print_prepare_summary(result.out, result.manifest)
 
 
@@ -119,7 +123,9 @@ def _print_prepare_summary(out: Path, manifest: dict) -> None:
     table.add_row("tail counts", ", ".join(str(c) for c in counts[-5:]))
     for name in ("many", "medium", "few"):
         table.add_row(f"{name}-shot classes", str(len(groups[name])))
-    console.print(table)
+    from concutmix_cli.progress import print_table
+
+    print_table(console, table)
 
 
 def _print_own_summary(table: Table, manifest: dict) -> None:
@@ -180,9 +186,15 @@ def train(
     keep: Optional[int] = typer.Option(
         None, "--keep", help="runtime.keep: how many epoch checkpoints to keep [default: 1]"
     ),
+    log_every: str = typer.Option(
+        "30s", "--log-every", help="not on a terminal: a progress line every N steps (100) or "
+        "seconds (30s), besides one per epoch"),
 ) -> None:
     """Train a model (ConCutMix by default) on a prepared dataset."""
     from concutmix_cli.engine.train import TrainRequest, run_training
+    from concutmix_cli.progress import TrainView, parse_every
+
+    every = parse_every(log_every)
 
     request = TrainRequest(
         preset=preset, out=out, resume=resume, overrides=list(set_),
@@ -194,7 +206,7 @@ def train(
         },
     )
     stop = StopFlag()
-    view = _TrainView(console, stop)
+    view = TrainView(console, stop, every)
     try:
         result = run_training(request, callbacks=view, stop=stop)
     finally:
@@ -203,58 +215,6 @@ def train(
         console.print(f"stopped; resume with: concutmix train --resume {result.run_dir}")
         raise SystemExit(result.exit_code)
     console.print(f"done: {result.run_dir}")
-
-
-class _TrainView:
-    """Renders the library's training events with rich (a transient progress bar on a terminal,
-    lines otherwise), and owns SIGINT/SIGTERM while epochs run: they ask the run to stop at the
-    next optimizer step, which checkpoints, so `--resume` continues exactly."""
-
-    SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-    def __init__(self, console: Console, stop: StopFlag):
-        self.console, self.stop = console, stop
-        self.progress = None
-        self.task = None
-        self.previous: dict = {}
-
-    def __call__(self, event) -> None:
-        from concutmix_cli.events import EpochDone, EpochStarted, Message, StepDone
-
-        if isinstance(event, Message):
-            self.console.print(f"[yellow]{event.kind}:[/] {event.text}" if event.kind else event.text)
-        elif isinstance(event, EpochStarted):
-            if not self.previous:
-                self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
-            if self.progress is None and self.console.is_terminal:
-                from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                         TextColumn("{task.completed}/{task.total}"),
-                                         TimeRemainingColumn(), console=self.console, transient=True)
-                self.progress.start()
-            if self.progress is not None:
-                self.task = self.progress.add_task(f"epoch {event.epoch + 1}/{event.epochs}",
-                                                   total=event.steps, completed=event.start_step)
-        elif isinstance(event, StepDone) and self.progress is not None:
-            self.progress.update(self.task, completed=event.step + 1, description=(
-                f"epoch {event.epoch + 1}/{event.epochs} loss {event.loss:.3f} "
-                f"lr {event.lr:.4f} {event.samples_per_s:.0f} img/s"))
-        elif isinstance(event, EpochDone):
-            if self.progress is not None and self.task is not None:
-                self.progress.remove_task(self.task)
-                self.task = None
-            self.console.print(event.summary)
-
-    def _on_signal(self, signum, _frame) -> None:
-        self.stop.request(self.SIGNALS.get(signal.Signals(signum), 130))
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous = {}
 
 
 # ----------------------------------------------------------------------------- eval
@@ -271,14 +231,34 @@ def evaluate(
     per_class: Optional[bool] = typer.Option(
         None, "--per-class/--no-per-class",
         help="show precision and recall of each class by name [default: up to 20 classes]"),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="also draw per-class accuracy, the confusion matrix and (for a run "
+        "folder) the learning curves into this folder (needs the plot extra)"),
+    plot_format: str = typer.Option("png", "--format", help="--plot: png, svg or pdf"),
+    force: bool = typer.Option(False, help="--plot: replace pictures that exist"),
 ) -> None:
     """Top-1 overall, many/medium/few, balanced accuracy, macro-F1, per-class precision and
     recall, and ECE of trained weights."""
-    from concutmix_cli.engine.evaluate import evaluate_run
+    from concutmix_cli.engine.evaluate import predict_run, report_of
     from concutmix_cli.outputs import check_outputs
+    from concutmix_cli.progress import WorkBar, print_table
 
     check_outputs({"--out": out}, reads=[run, *([data] if data else [])])  # before any work
-    report = evaluate_run(run, data=data, split=split, device=device)
+    if plot is not None:
+        picture_plan = _eval_picture_plan(run, plot, plot_format, force, data)
+    bar = WorkBar(err_console)
+    try:
+        found = predict_run(run, data=data, split=split, device=device, callbacks=bar)
+    finally:
+        bar.close()
+    report = report_of(found)
+    if plot is not None:
+        from concutmix_cli.plots import picture_of, write_pictures
+
+        written = write_pictures([picture_of(picture_plan[0], picture_plan[1], found)], plot,
+                                 plot_format)
+        for path in written.values():
+            err_console.print(f"wrote {escape(str(path))}", highlight=False)
     if out is not None:
         from concutmix_cli.fileio import atomic_write_text
 
@@ -286,9 +266,10 @@ def evaluate(
     if as_json:
         typer.echo(json_text(report))
         return
-    table = Table(title=f"{report['source']} on {report['split']} ({report['num_samples']:,} images)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table = Table(title=f"eval: {report['split']} split, {report['num_samples']:,} images",
+                  title_justify="left")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right", overflow="fold")
     for key in ("overall", "many", "medium", "few"):
         value = report[key]
         table.add_row(f"top-1 {key}", _percent(value))
@@ -296,7 +277,8 @@ def evaluate(
     table.add_row("macro-F1", _percent(report["macro_f1"]))
     table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
     table.add_row("epoch", str(report.get("epoch")))
-    console.print(table)
+    table.add_row("weights", escape(report["source"]))
+    print_table(console, table)
     if per_class if per_class is not None else len(report["classes"]) <= 20:
         _print_per_class(report)
     for note in report.get("notes", []):
@@ -308,6 +290,8 @@ def _percent(value: float | None) -> str:
 
 
 def _print_per_class(report: dict) -> None:
+    from concutmix_cli.progress import print_table
+
     table = Table(title="per class", title_justify="left")
     for column, justify in (("class", "left"), ("images", "right"), ("precision", "right"),
                             ("recall", "right")):
@@ -316,7 +300,23 @@ def _print_per_class(report: dict) -> None:
                                           report["per_class_precision"],
                                           report["per_class_recall"]):
         table.add_row(escape(name), str(n), _percent(precision), _percent(recall))
-    console.print(table)
+    print_table(console, table)
+
+
+def _eval_picture_plan(run: Path, folder: Path, fmt: str, force: bool, data: Optional[Path]):
+    """`eval --plot`'s label and metrics rows, with its target files checked before any work."""
+    from concutmix_cli.outputs import is_run_folder
+    from concutmix_cli.plots import FORMATS, check_targets, planned_files, require_matplotlib
+    from concutmix_cli.runs import read_run
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    require_matplotlib()
+    rows = read_run(run).rows if run.is_dir() and is_run_folder(run) else []
+    label = (run.resolve().name if run.is_dir() else run.stem) or "run"
+    check_targets(planned_files(folder, [label], fmt, True, bool(rows)), force,
+                  [run, *([data] if data else [])])
+    return label, rows
 
 
 # ----------------------------------------------------------------------------- inspect-labels
@@ -348,8 +348,14 @@ def inspect_labels(
                         f"smaller --num with --image, or --csv / --out for many samples")
     check_outputs({"--out": out, "--image": image, "--csv": csv},
                   reads=[run, *([data] if data else [])])
-    report = inspect_run(run, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
-                         device=device)
+    from concutmix_cli.progress import WorkBar
+
+    bar = WorkBar(err_console)
+    try:  # a bar only for draws long enough to need one
+        report = inspect_run(run, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
+                             device=device, callbacks=bar if num >= 256 else None)
+    finally:
+        bar.close()
     if out is not None:
         atomic_write_bytes(out, dump_bytes(report.result))
     if image is not None:
@@ -369,6 +375,7 @@ def _fmt3(x: float) -> str:
 def _print_inspect_report(report) -> None:
     """The table of samples, the per-group summary and the notes of an `InspectReport`."""
     from concutmix_cli.inspect import GROUPS
+    from concutmix_cli.progress import print_table
 
     result, rows, summary, notes = report.result, report.rows, report.summary, report.notes
     meta = result.meta
@@ -379,7 +386,7 @@ def _print_inspect_report(report) -> None:
                           ("class b", "left"), ("semantic top-3", "left"),
                           ("omega*rho", "right"), ("max |rect-area|", "right"),
                           ("prediction", "left")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify=justify, no_wrap=name != "semantic top-3")
     for row in rows:
         sem = ", ".join(f"{row[f'sem{j}']} {row[f'sem{j}_weight']:.2f}" for j in (1, 2, 3)
                         if row[f"sem{j}"])
@@ -388,13 +395,13 @@ def _print_inspect_report(report) -> None:
             escape(sem), _fmt3(row["omega_rho"]), _fmt3(row["max_change"]),
             escape(f"{row['prediction']} {row['prediction_prob']:.2f}"),
         )
-    console.print(table)
+    print_table(console, table)
 
     stats = Table(title="summary (groups: shot group of class a; head = many, tail = few)",
                   title_justify="left")
     for name in ("group", "n", "mean omega*rho", "max omega*rho", "mean L1 |rect-area|",
                  "sem top-1 = a", "= b", "neither"):
-        stats.add_column(name, justify="left" if name == "group" else "right")
+        stats.add_column(name, justify="left" if name == "group" else "right", no_wrap=True)
     labels = {"all": "all", "many": "head (many)", "medium": "medium", "few": "tail (few)"}
     for key in ("all", *GROUPS):
         s = summary[key]
@@ -406,7 +413,7 @@ def _print_inspect_report(report) -> None:
             _fmt3(s["l1_mean"]), f"{100 * s['semantic_top1_a']:.0f}%",
             f"{100 * s['semantic_top1_b']:.0f}%", f"{100 * s['semantic_top1_neither']:.0f}%",
         )
-    console.print(stats)
+    print_table(console, stats)
     for note in notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
@@ -439,8 +446,14 @@ def predict(
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one output format")
     check_outputs({"--out": out}, reads=[run, *images])
-    result = predict_images(run, list(images), top_k=top_k, batch_size=batch_size, device=device,
-                            skip_bad=skip_bad, progress=True)
+    from concutmix_cli.progress import WorkBar
+
+    bar = WorkBar(err_console)
+    try:
+        result = predict_images(run, list(images), top_k=top_k, batch_size=batch_size,
+                                device=device, skip_bad=skip_bad, callbacks=bar)
+    finally:
+        bar.close()
     csv_text = predictions_csv(result) if as_csv or (out and out.suffix.lower() == ".csv") else None
     json_report = json_text(predictions_json(result), ensure_ascii=False)
     if out is not None:
@@ -483,6 +496,82 @@ def export(
     else:
         console.print(f"wrote {escape(str(result.out))} ({result.format})", highlight=False)
         _warn("note", result.note or "")
+
+
+# ----------------------------------------------------------------------------- plot, report
+
+
+@app.command()
+def plot(
+    runs: List[Path] = typer.Argument(..., help="run folders (several: compared on one figure)"),
+    out: Path = typer.Option(..., "--out", help="folder for the pictures (created if missing)"),
+    plot_format: str = typer.Option("png", "--format", help="png, svg or pdf"),
+    split: str = typer.Option("test", help="test or val"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    force: bool = typer.Option(False, help="replace pictures that exist"),
+) -> None:
+    """Per-class accuracy against training count, learning curves, confusion matrices."""
+    from concutmix_cli.plots import plot_runs
+    from concutmix_cli.progress import WorkBar
+
+    bar = WorkBar(err_console)
+    try:
+        written = plot_runs(list(runs), out, plot_format, split=split, device=device,
+                            force=force, callbacks=bar)
+    finally:
+        bar.close()
+    for what, path in written.items():
+        console.print(f"{what}: {escape(str(path))}", highlight=False)
+
+
+@app.command()
+def report(
+    runs: List[Path] = typer.Argument(..., help="run folders"),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", help="mean +- std per value of this setting: method, preset or a "
+        "config key such as model.arch"),
+    as_markdown: bool = typer.Option(False, "--markdown", help="print GitHub tables"),
+    as_csv: bool = typer.Option(False, "--csv", help="print CSV (fractions, not percent)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    evaluate: bool = typer.Option(
+        True, "--eval/--no-eval", help="evaluate a run whose balanced accuracy is neither stored "
+        "nor equal to top-1 (unequal test classes)"),
+) -> None:
+    """Last-epoch top-1, many/medium/few, balanced accuracy and ECE of runs; mean +- std per group."""
+    from concutmix_cli.reporting import build_report, csv_text, markdown
+
+    if sum((as_markdown, as_csv, as_json)) > 1:
+        raise UserError("give at most one of --markdown, --csv and --json")
+    result = build_report(list(runs), group_by, evaluate=evaluate)
+    if as_json:
+        typer.echo(json_text(result.as_dict(), indent=2))
+    elif as_markdown:
+        typer.echo(markdown(result), nl=False)
+    elif as_csv:
+        typer.echo(csv_text(result), nl=False)
+    else:
+        _print_report(result)
+
+
+def _print_report(result) -> None:
+    from concutmix_cli.progress import print_table
+    from concutmix_cli.reporting import group_table_rows, run_table_rows
+
+    title = "last epoch, test split (accuracies in %)"
+    tables = [(title, *run_table_rows(result))]
+    if result.groups:
+        tables.append(("mean ± sample std per group", *group_table_rows(result)))
+    for caption, header, body in tables:
+        table = Table(title=caption, title_justify="left")
+        for i, name in enumerate(header):
+            table.add_column(name, justify="left" if i == 0 or name == "method" else "right",
+                             no_wrap=i > 0, overflow="fold")
+        for row in body:
+            table.add_row(*(escape(cell) for cell in row))
+        print_table(console, table)
+    for row in result.runs:
+        for note in row.notes:
+            err_console.print(f"[yellow]note:[/] {escape(row.run)}: {escape(note)}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- entry point

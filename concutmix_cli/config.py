@@ -57,7 +57,8 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["resnet32", "resnet50", "resnext50_32x4d"] = "resnet32"
+    arch: Literal["resnet8", "resnet32", "resnet50", "resnext50_32x4d"] = "resnet32"
+    """resnet8 (one block per stage) is for the quick-start preset; resnet32 for CIFAR."""
     classifier: Literal["linear", "cosine"] = "linear"
     """`linear`: logits = W h + b, what the authors' published CIFAR runs used (no `--use_norm`);
     `cosine`: logits = s * normalize(h) @ normalize(W), their ImageNet-LT / iNaturalist runs.
@@ -139,6 +140,8 @@ class RuntimeConfig(_Section):
     sync_free captured in one CUDA graph per step variant (CUDA only). Both need one process, no
     gradient accumulation and no fp16 grad scaler. auto: eager everywhere until the GPU check
     (benchmarks/gpu_check.sh) has measured the other two on a card."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars into RUN/tensorboard (the `tensorboard` extra)."""
 
 
 class Config(_Section):

@@ -8,7 +8,9 @@ handlers that set it), read by the training loop at safe points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,17 @@ class EpochDone:
     """The row as one line."""
 
 
-Event = Union[Message, EpochStarted, StepDone, EpochDone]
+@dataclass(frozen=True)
+class WorkProgress:
+    """How far a long piece of work other than training is (evaluating, drawing samples): sent
+    with done = 0 first, then after each item; done == total at the end."""
+
+    task: str
+    done: int
+    total: int
+
+
+Event = Union[Message, EpochStarted, StepDone, EpochDone, WorkProgress]
 Callback = Callable[[Event], None]
 
 
@@ -82,3 +94,11 @@ def emitter(callbacks: Callback | Iterable[Callback] | None) -> Callback:
             listener(event)
 
     return emit
+
+
+def counted(items: Iterable[T], total: int, task: str, emit: Callback) -> Iterator[T]:
+    """Yield `items`, reporting `WorkProgress(task, done, total)` to `emit` as they are used."""
+    emit(WorkProgress(task, 0, total))
+    for done, item in enumerate(items, 1):
+        yield item
+        emit(WorkProgress(task, done, total))

@@ -104,7 +104,7 @@ def model_preprocess(meta: dict[str, Any], cfg, weights: Path) -> dict[str, Any]
 
 def predict_images(run_or_weights: Path, images: list[Path], *, top_k: int = 5,
                    batch_size: int = 64, device: str = "auto", num_workers: int = -1,
-                   skip_bad: bool = False, progress: bool = False) -> Predictions:
+                   skip_bad: bool = False, callbacks=None) -> Predictions:
     """Top-k classes with softmax probabilities of each image (see the module docstring)."""
     from concutmix_cli.data.loader import default_num_workers
     from concutmix_cli.data.views import input_transform
@@ -130,10 +130,10 @@ def predict_images(run_or_weights: Path, images: list[Path], *, top_k: int = 5,
                         batch_size=batch_size, num_workers=workers,
                         timeout=LOADER_TIMEOUT_S if workers else 0)
     batches = guarded(loader)
-    if progress:
-        from concutmix_cli.progress import tracked
+    if callbacks is not None:  # WorkProgress events; the caller draws them
+        from concutmix_cli.events import counted, emitter
 
-        batches = tracked(batches, len(loader), "predicting")
+        batches = counted(batches, len(loader), "predicting", emitter(callbacks))
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     with torch.no_grad():

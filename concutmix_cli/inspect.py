@@ -114,7 +114,7 @@ def _image_reader(data: PreparedData):
 
 def draw_mixed_samples(
     data: PreparedData, num: int, seed: int, views_kind: str = "cifar", cutmix_beta: float = 1.0,
-    progress: bool = False,
+    callbacks=None,
 ) -> MixedSamples:
     """Draw `num` CutMix samples from the training split, reproducibly from `seed`.
 
@@ -138,10 +138,10 @@ def draw_mixed_samples(
     view = classification_view(views_kind, data.mean, data.std, data.view_side(views_kind))
     backgrounds, foregrounds = [], []
     triples = zip(index_a, index_b, view_seeds)
-    if progress:
-        from concutmix_cli.progress import tracked
+    if callbacks is not None:  # WorkProgress events; the caller draws them (or not)
+        from concutmix_cli.events import counted, emitter
 
-        triples = tracked(triples, num, "drawing mixed samples")
+        triples = counted(triples, num, "drawing mixed samples", emitter(callbacks))
     with torch.random.fork_rng(devices=[]):
         for a, b, s in triples:
             torch.manual_seed(int(s))
@@ -244,7 +244,7 @@ def inspect_labels(
     cutmix_beta: float = 1.0,
     batch_size: int = 256,
     train_mode_prototypes: bool = False,
-    progress: bool = False,
+    callbacks=None,
 ) -> InspectResult:
     """Draw `num` mixed samples, run `model` in eval mode, rectify their area labels.
 
@@ -258,7 +258,7 @@ def inspect_labels(
     """
     validate_settings(omega, top_k, data.num_classes)
     device = torch.device(device)
-    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta, progress=progress)
+    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta, callbacks=callbacks)
     num_classes = data.num_classes
     counts = torch.tensor(data.train_counts, dtype=torch.float32)
 
@@ -522,7 +522,7 @@ def inspect_run(
     top_k: int | None = None,
     device: str = "auto",
     *,
-    progress: bool | None = None,
+    callbacks=None,
 ) -> InspectReport:
     """Load a run folder or weights file (and its data, or `data`), draw `num` mixed samples with
     `seed`, rectify them with the run's omega / top_k (or the ones given). Errors are `UserError`s
@@ -553,7 +553,7 @@ def inspect_run(
     result = inspect_labels(
         model, prepared, num, seed, omega_v, top_k_v, torch_device, views_kind=cfg.data.views,
         cutmix_beta=cfg.method.cutmix_beta, batch_size=cfg.data.eval_batch_size,
-        progress=num >= 256 if progress is None else progress,
+        callbacks=callbacks,
     )
     epoch = meta.get("epoch")
     result.meta.update({

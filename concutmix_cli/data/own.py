@@ -227,7 +227,7 @@ def decode(path: str) -> Image.Image:
 
 
 def decode_all(root: Path, items: list[Item], side: int | None, skip_bad: bool,
-               progress: bool) -> tuple[list[Item], list[np.ndarray] | None, list[dict[str, str]]]:
+               callbacks=None) -> tuple[list[Item], list[np.ndarray] | None, list[dict[str, str]]]:
     """Decode every image once. Returns the readable items, their side x side uint8 arrays (when
     `side` is given: stored as arrays), and the skipped files; without `skip_bad` any unreadable
     file is an error naming them all (count and the first few)."""
@@ -239,10 +239,10 @@ def decode_all(root: Path, items: list[Item], side: int | None, skip_bad: bool,
     arrays: list[np.ndarray] = []
     bad: list[dict[str, str]] = []
     sequence = items
-    if progress:
-        from concutmix_cli.progress import tracked
+    if callbacks is not None:  # WorkProgress events; the caller draws them
+        from concutmix_cli.events import counted, emitter
 
-        sequence = tracked(items, len(items), "decoding images")
+        sequence = counted(items, len(items), "decoding images", emitter(callbacks))
     for item in sequence:
         path = os.path.join(root, item.rel)
         try:
@@ -307,7 +307,7 @@ def split_held_out(items: list[Item], classes: list[str], val_fraction: float,
 def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path | None] | None = None,
               val: Path | None = None, test: Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
               val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
-              skip_bad: bool = False, progress: bool = False) -> dict[str, Any]:
+              skip_bad: bool = False, callbacks=None) -> dict[str, Any]:
     """Read, decode, split and write a user's dataset into `staging`; the manifest fields."""
     from concutmix_cli.data.prepare import _channel_stats, _save_split, sources_mean_std
     from concutmix_cli.data.lists import _write_list
@@ -325,7 +325,7 @@ def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path |
             for s, p in (csvs or {}).items() if p is not None}}
     as_arrays = image_size <= ARRAY_MAX_SIDE
     items, arrays, skipped = decode_all(common, items, image_size if as_arrays else None,
-                                        skip_bad, progress)
+                                        skip_bad, callbacks)
     counts = np.bincount([i.label for i in items if i.split == "train"], minlength=len(classes))
     empty = [classes[c] for c in np.flatnonzero(counts == 0)]
     if empty:

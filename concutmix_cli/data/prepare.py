@@ -234,13 +234,13 @@ def prepare(
     val_fraction: float | None = None,
     test_fraction: float | None = None,
     skip_bad: bool = False,
-    progress: bool = False,
+    callbacks=None,
 ) -> PrepareResult:
     """Build `out` for `dataset`; returns the manifest that was written.
 
     `folder` / `csv` (a user's own images, data/own.py) take `root`, `train` (csv), `val`,
-    `test`, `image_size`, `val_fraction`, `test_fraction`, `seed` and `skip_bad`; `progress`
-    shows a bar on a terminal while the images are decoded."""
+    `test`, `image_size`, `val_fraction`, `test_fraction`, `seed` and `skip_bad`; `callbacks`
+    receive a `WorkProgress` event per decoded image."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     own_options = {"--train": train, "--val": val, "--test": test, "--image-size": image_size,
@@ -279,7 +279,7 @@ def prepare(
                 csvs={"train": train, "val": val, "test": test} if dataset == "csv" else None,
                 val=val if dataset == "folder" else None, test=test if dataset == "folder" else None,
                 image_size=image_size, val_fraction=val_fraction, test_fraction=test_fraction,
-                seed=seed, skip_bad=skip_bad, progress=progress)
+                seed=seed, skip_bad=skip_bad, callbacks=callbacks)
             used_imbalance = fields.pop("imbalance")
             used_seed = fields.pop("split_seed")
         elif dataset in LIST_DATASETS:

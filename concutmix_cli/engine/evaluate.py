@@ -4,6 +4,7 @@ precision / recall."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -198,11 +199,29 @@ def load_data_of(weights: Path, cfg, meta: dict[str, Any], data: Path | None):
                                             prepared.manifest.get("checksum"), prepared.folder)
 
 
-def evaluate_run(run_or_weights: Path, data: Path | None = None, split: str = "test",
-                 device: str = "auto") -> dict[str, Any]:
+@dataclass
+class RunPredictions:
+    """A trained model's softmax outputs on a split, with what they came from."""
+
+    probs: torch.Tensor
+    """[N, C] float32."""
+    labels: torch.Tensor
+    data: Any
+    """The PreparedData predicted on (its manifest has the training counts and shot groups)."""
+    weights: Path
+    meta: dict[str, Any]
+    split: str
+    note: str | None
+    """Set when the data is not the one the weights were trained on."""
+
+
+def predict_run(run_or_weights: Path, data: Path | None = None, split: str = "test",
+                device: str = "auto", callbacks=None) -> RunPredictions:
+    """Load trained weights and their data and predict `split`; `callbacks` receive a
+    `WorkProgress` event per batch (the library draws nothing itself)."""
     from concutmix_cli.data.loader import EvalBatches
     from concutmix_cli.engine.runtime import resolve_device
-    from concutmix_cli.progress import tracked
+    from concutmix_cli.events import counted, emitter
 
     if split not in ("test", "val"):
         raise UserError(f"--split must be test or val (got {split!r})")
@@ -213,9 +232,20 @@ def evaluate_run(run_or_weights: Path, data: Path | None = None, split: str = "t
     check_data_matches(meta, prepared)
     batches = EvalBatches(prepared, split, cfg.data.views, cfg.data.eval_batch_size, torch_device)
     steps = -(-len(batches) // batches.batch_size)
-    probs, labels = predict(model, tracked(batches, steps, f"eval {split}"), torch_device)
-    report = accuracy_report(probs, labels, prepared.manifest["shot_groups"])
-    report.update({"split": split, "source": str(weights), "epoch": meta.get("epoch"),
-                   "data": str(prepared.folder), "classes": prepared.classes,
-                   "notes": [note] if note else []})
+    probs, labels = predict(model, counted(batches, steps, f"eval {split}", emitter(callbacks)),
+                            torch_device)
+    return RunPredictions(probs, labels, prepared, weights, meta, split, note)
+
+
+def evaluate_run(run_or_weights: Path, data: Path | None = None, split: str = "test",
+                 device: str = "auto", callbacks=None) -> dict[str, Any]:
+    return report_of(predict_run(run_or_weights, data, split, device, callbacks))
+
+
+def report_of(found: RunPredictions) -> dict[str, Any]:
+    """The `eval` report of a run's predictions."""
+    report = accuracy_report(found.probs, found.labels, found.data.manifest["shot_groups"])
+    report.update({"split": found.split, "source": str(found.weights),
+                   "epoch": found.meta.get("epoch"), "data": str(found.data.folder),
+                   "classes": found.data.classes, "notes": [found.note] if found.note else []})
     return report

@@ -518,6 +518,10 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
     """Train `cfg` into `run` (a new folder, or the run to resume), under torchrun too.
     `check_run_data`: on resume, check that the run's own data is still where it was."""
     emit = emitter(callbacks)
+    if cfg.runtime.tensorboard:  # a missing extra: one line before anything is written
+        from concutmix_cli.tensorboard import require_summary_writer
+
+        require_summary_writer()
     if resuming and data is None and check_run_data:
         resume.check_run_data(cfg.data.path, str(run.config_path), resume.recorded_checksum(run.path))
     if data is None:
@@ -529,6 +533,7 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
     if not ctx.is_main:
         emit = emitter(None)
     lock = RunLock(run.path)  # one writer per run folder (rank 0 holds it for the job)
+    board = None
     try:
         if not resuming:  # rank 0 creates the folder; every rank then uses rank 0's path
             def create() -> str:
@@ -541,6 +546,7 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
             run = RunFolder(Path(dist_utils.main_first(create, ctx)))
         elif ctx.is_main:
             _note(emit, lock.acquire())
+        emit, board = _with_tensorboard(emit, cfg, run, ctx)
         try:
             trainer = Trainer(cfg, run, ctx, data=data, on_event=emit, stop=stop,
                               fresh=not resuming)
@@ -569,8 +575,20 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
             return TrainResult(run.path, [], stopped=True, exit_code=stopped.exit_code)
         return TrainResult(run.path, rows)
     finally:
+        if board is not None:
+            board.close()
         lock.release()
         dist_utils.shutdown()
+
+
+def _with_tensorboard(emit: Callback, cfg: Config, run: RunFolder, ctx):
+    """`emit` plus, with runtime.tensorboard on rank 0, a TensorBoard log of the events."""
+    if not (cfg.runtime.tensorboard and ctx.is_main):
+        return emit, None
+    from concutmix_cli.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(run.path)
+    return emitter([emit, board]), board
 
 
 def run_training(request: TrainRequest, callbacks: Callback | list[Callback] | None = None,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Optional
 from torch import Tensor, nn
 
 from concutmix_cli.models.heads import CosineClassifier, ProjectionHead
-from concutmix_cli.models.resnet_cifar import resnet32
+from concutmix_cli.models.resnet_cifar import resnet8, resnet32
 
 if TYPE_CHECKING:  # only attributes of the config are read; keeps this module free of pydantic
     from concutmix_cli.config import ModelConfig
@@ -31,7 +31,7 @@ __all__ = [
     "count_parameters",
 ]
 
-ARCHS = ("resnet32", "resnet50", "resnext50_32x4d")
+ARCHS = ("resnet8", "resnet32", "resnet50", "resnext50_32x4d")
 CLASSIFIERS = ("linear", "cosine")
 
 
@@ -159,8 +159,8 @@ class ConCutMixNet(nn.Module):
 
 def build_backbone(arch: str) -> tuple[nn.Module, int]:
     """The backbone for `arch` (randomly initialized) and its feature dimension."""
-    if arch == "resnet32":
-        net = resnet32()
+    if arch in ("resnet8", "resnet32"):
+        net = resnet8() if arch == "resnet8" else resnet32()
         return net, net.feature_dim
     if arch in ("resnet50", "resnext50_32x4d"):
         import torchvision.models as tvm
