@@ -236,6 +236,7 @@ def main(argv=None) -> dict:
         result = {
             "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
             "prefetch": bool(getattr(trainer.batches, "prefetch", False)),
+            "epoch_views_steps": getattr(trainer.batches, "chunk_steps", None),
             "device": device_name(trainer.device), "precision": trainer.precision.name,
             "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
             "steps": args.steps, "samples": samples,

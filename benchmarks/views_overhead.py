@@ -10,6 +10,12 @@ overhead, so it tracks the GPU cost without a GPU.
 
     python benchmarks/views_overhead.py --data data/cifar100-lt-if100 --batch-size 8
     python benchmarks/views_overhead.py --data data/cifar100-lt-if100 --batch-size 256 --device cuda
+
+`--epoch-views K` (or `epoch`) instead compares `data.epoch_views`: the first `--steps` steps of
+an epoch made per step and in chunks of K steps (`epoch`: all of them in one chunk), seconds per
+step of each, ATen ops per step of each, and whether every tensor of every batch is identical.
+
+    python benchmarks/views_overhead.py --data data/cifar100-lt-if100 --batch-size 256 --steps 12 --epoch-views epoch
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class CountOps(TorchDispatchMode):
         super().__init__()
         self.counts: Counter[str] = Counter()
         self.syncs: Counter[str] = Counter()
+        self.pixel_ops = 0  # kernels on the images (the device's launches), not the CPU-side draws
         self.tainted = WeakTensorKeyDictionary()
         for t in pixels:
             self.tainted[t] = True
@@ -63,6 +70,7 @@ class CountOps(TorchDispatchMode):
         self.counts[name] += 1
         leaves = pytree.tree_leaves((args, kwargs))
         dirty = any(isinstance(t, torch.Tensor) and t in self.tainted for t in leaves)
+        self.pixel_ops += dirty and name not in VIEW_OPS
         if dirty and (name in SYNC_OPS or (name == "index" and any(
                 isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in pytree.tree_leaves(args[1:])))):
             self.syncs[name] += 1
@@ -76,6 +84,7 @@ class CountOps(TorchDispatchMode):
     def summary(self) -> dict:
         return {"ops": sum(self.counts.values()),
                 "non_view_ops": sum(n for k, n in self.counts.items() if k not in VIEW_OPS),
+                "pixel_ops": self.pixel_ops,
                 "host_syncs": sum(self.syncs.values()), "sync_ops": dict(self.syncs)}
 
 
@@ -85,8 +94,11 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=40, help="timed steps (each step is timed alone)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--epoch-views", default=None, help="compare per-step views with chunks of K steps (or epoch)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.epoch_views is not None:
+        return compare_epoch_views(args)
 
     device = torch.device(args.device)
     data = load_prepared(args.data)
@@ -122,6 +134,38 @@ def main(argv=None) -> dict:
         "ms_per_step_unmixed": 1000 * statistics.median(times[False]) if times[False] else None,
         "ops_per_step": ops, "torch": torch.__version__,
     }
+    emit(result, args.json)
+    return result
+
+
+def compare_epoch_views(args) -> dict:
+    """Per-step views against chunks of `args.epoch_views` steps, over the first `args.steps` steps."""
+    device = torch.device(args.device)
+    data = load_prepared(args.data)
+    planner = EpochPlanner(data.train.labels, seed=0, batch_size=args.batch_size, foreground="balanced",
+                           mix_prob=0.5, mix_beta=1.0, max_steps=args.steps)
+    chunk = args.epoch_views if args.epoch_views == "epoch" else int(args.epoch_views)
+    made, seconds, ops = {}, {}, {}
+    for name, choice in (("per_step", "off"), ("chunked", chunk)):
+        batches = DeviceBatches(data, planner, True, device, epoch_views=choice)
+        list(batches.epoch(1))  # warm-up (another epoch: other parameters, same shapes)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        made[name] = [b.tensors() for b in batches.epoch(0)]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds[name] = (time.perf_counter() - start) / planner.steps_per_epoch()
+        with CountOps([batches.images]) as counter:
+            list(batches.epoch(0))
+        ops[name] = {k: v / planner.steps_per_epoch() for k, v in counter.summary().items()
+                     if k in ("non_view_ops", "pixel_ops")}
+    identical = all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                    for a, b in zip(made["per_step"], made["chunked"], strict=True))
+    result = {"batch_size": args.batch_size, "steps": planner.steps_per_epoch(), "epoch_views": chunk,
+              "device": str(device), "threads": torch.get_num_threads(),
+              "s_per_step": seconds, "ops_per_step": ops, "identical": identical,
+              "torch": torch.__version__}
     emit(result, args.json)
     return result
 

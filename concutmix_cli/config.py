@@ -11,7 +11,7 @@ import json
 import tomllib  # Python >= 3.11 (pyproject.toml: requires-python)
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -27,6 +27,7 @@ MAX_WORKERS = 256
 MAX_BATCH = 1 << 20
 MAX_WIDTH = 1 << 16
 MAX_EPOCHS = 100_000
+MAX_EPOCH_STEPS = 1 << 24
 
 
 class _Section(BaseModel):
@@ -49,10 +50,18 @@ class DataConfig(_Section):
     num_workers: int = Field(-1, ge=-1, le=MAX_WORKERS)
     """DataLoader worker processes; -1 picks from the machine (CPU count, capped)."""
     prefetch: bool = False
-    """Device path only: make the next step's views in a background thread while this step trains
-    (identical batches). Meant for CUDA, where the views are bound by the CPU launching small
+    """Device path only: make the next step's views (the next chunk's, see `epoch_views`) in a
+    background thread while this step trains (identical batches). Meant for CUDA, where the views are bound by the CPU launching small
     kernels and could overlap with the backward pass; not yet measured on a GPU, so off by default
     (benchmarks/gpu_check.sh measures both). On CPU it only shares the same cores."""
+    epoch_views: Literal["auto", "off", "epoch"] | Annotated[int, Field(ge=1, le=MAX_EPOCH_STEPS)] = "auto"
+    """Device path only: how many steps' views are made together, one batched pass per kind of
+    view and one host-to-device copy of the indices and boxes per chunk (identical batches: every
+    step still draws from its own generator). `off`: each step on its own; an integer K: chunks of
+    K steps; `epoch`: the whole epoch at once; `auto`: on CUDA as many steps as fit a quarter of
+    the free device memory (the whole CIFAR epoch on any recent card), `off` on CPU, where one
+    big pass is no faster and only holds more memory (docs/benchmarks.md). With `prefetch` the
+    next chunk is made during this one's steps (moot for a whole-epoch chunk)."""
     eval_batch_size: int = Field(512, ge=1, le=MAX_BATCH)
 
 

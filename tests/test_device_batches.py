@@ -1,5 +1,6 @@
-"""The device path's batches: one batched pass per kind of view, and prefetching in a thread,
-both give exactly the pixels of making every view separately, step by step."""
+"""The device path's batches: one batched pass per kind of view (per step or per chunk of steps),
+and prefetching in a thread, all give exactly the pixels of making every view separately, step by
+step."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from concutmix_cli.data.prepared import load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
 
 
-def _batches(tiny_data, contrast=True, mix_prob=1.0, prefetch=False, batch_size=16):
+def _batches(tiny_data, contrast=True, mix_prob=1.0, prefetch=False, batch_size=16, epoch_views="off"):
     data = load_prepared(tiny_data)
     planner = EpochPlanner(data.train.labels, seed=5, batch_size=batch_size, foreground="balanced",
                            mix_prob=mix_prob, mix_beta=1.0)
-    return DeviceBatches(data, planner, contrast, torch.device("cpu"), prefetch=prefetch)
+    return DeviceBatches(data, planner, contrast, torch.device("cpu"), prefetch=prefetch,
+                         epoch_views=epoch_views)
 
 
 def _views(batch) -> dict[str, torch.Tensor]:
@@ -78,16 +80,78 @@ def test_prefetch_errors_reach_the_training_thread(tiny_data):
         list(db.epoch(0))
 
 
-def test_training_with_prefetch_equals_training_without(cli, tiny_data, tmp_path):
+def test_training_with_prefetch_or_epoch_views_equals_training_without(cli, tiny_data, tmp_path):
     weights = {}
-    for prefetch in ("true", "false"):
-        run = tmp_path / prefetch
+    for prefetch, epoch_views in (("true", '"off"'), ("false", '"off"'), ("false", '"epoch"')):
+        run = tmp_path / f"{prefetch}-{epoch_views[1:-1]}"
         code, _, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", run,
                            "--method", "concutmix", "--epochs", "1", "--deterministic",
                            "--set", 'data.augment_on="device"', "--set", f"data.prefetch={prefetch}",
-                           "--set", "method.cutmix_prob=1.0")
+                           "--set", f"data.epoch_views={epoch_views}", "--set", "method.cutmix_prob=1.0")
         assert code == 0, err
-        assert json.loads((run / "config.json").read_text())["data"]["prefetch"] is (prefetch == "true")
-        weights[prefetch] = load_file(run / "last.safetensors")
-    assert weights["true"].keys() == weights["false"].keys()
-    assert all(torch.equal(weights["true"][k], weights["false"][k]) for k in weights["true"])
+        saved = json.loads((run / "config.json").read_text())["data"]
+        assert (saved["prefetch"], saved["epoch_views"]) == (prefetch == "true", epoch_views[1:-1])
+        weights[run.name] = load_file(run / "last.safetensors")
+    reference = weights.pop("false-off")
+    for name, other in weights.items():
+        assert other.keys() == reference.keys()
+        assert all(torch.equal(other[k], reference[k]) for k in reference), name
+
+
+@pytest.mark.parametrize("contrast", [True, False], ids=["concutmix", "ce"])
+@pytest.mark.parametrize("epoch_views,prefetch", [(1, False), (3, False), ("epoch", False), (3, True)])
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_epoch_views_equal_separate_views_bit_for_bit(tiny_data, contrast, epoch_views, prefetch, start_step):
+    db = _batches(tiny_data, contrast=contrast, mix_prob=0.5, prefetch=prefetch, epoch_views=epoch_views)
+    steps = db.planner.steps_per_epoch()
+    assert db.chunk_steps == (steps if epoch_views == "epoch" else epoch_views)
+    got = list(db.epoch(1, start_step=start_step))
+    assert [b.step for b in got] == list(range(start_step, steps))
+    assert {b.mixed for b in got} == {True, False}  # mixed and unmixed steps both compared
+    assert got[-1].size < got[0].size  # and the last partial batch
+    for batch in got:
+        plan = db.planner.plan(1, batch.step)
+        want = _separately(db, 1, batch.step) | ({"box": plan.box} if plan.mix else {})
+        assert (batch.mixed, batch.lam, batch.epoch) == (plan.mix, plan.lam, 1)
+        assert batch.tensors().keys() == want.keys()
+        for key in want:
+            assert torch.equal(batch.tensors()[key], want[key]), (batch.step, key)
+
+
+def test_a_chunk_is_one_pass_and_its_steps_are_slices(tiny_data):
+    db = _batches(tiny_data, mix_prob=0.5, epoch_views=4)
+    batches = db.chunk(0, range(0, 4))
+    mixed = [b for b in batches if b.mixed]
+    assert mixed and len(mixed) < 4
+    storage = lambda t: t.untyped_storage().data_ptr()  # noqa: E731
+    for key in ("view0", "labels", "view1"):  # one pass over the chunk, each step a slice of it
+        assert len({storage(getattr(b, key)) for b in batches}) == 1, key
+    assert storage(mixed[0].fg_view0) == storage(batches[0].view0)  # view 0 of A and B together
+    # the indices and the boxes travel together: one staged tensor for the chunk
+    assert len({storage(b.box) for b in mixed}) == 1
+    assert [b.box.tolist() for b in mixed] == [db.planner.plan(0, b.step).box.tolist() for b in mixed]
+
+
+def test_epoch_views_resolve_to_steps_per_chunk(monkeypatch):
+    from concutmix_cli.data.loader import resolve_epoch_views
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_epoch_views("off", cuda, 43, 256, 32, True) == 1
+    assert resolve_epoch_views("epoch", cpu, 43, 256, 32, True) == 43
+    assert resolve_epoch_views(5, cpu, 43, 256, 32, True) == 5
+    assert resolve_epoch_views(500, cpu, 43, 256, 32, True) == 43
+    assert resolve_epoch_views("auto", cpu, 43, 256, 32, True) == 1  # no gain on a CPU
+    # CUDA: as many steps as fit a quarter of the free memory; a step of 256 images of 32x32 with
+    # four views costs 256 images x 12288 bytes x (4 views + 16 working copies)
+    step_bytes = 256 * 3 * 32 * 32 * 4 * (4 + 16)
+    for free, want in ((4 * step_bytes * 7 + 1, 7), (step_bytes, 1), (1 << 50, 43)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
+        assert resolve_epoch_views("auto", cuda, 43, 256, 32, True) == want
+
+
+@pytest.mark.parametrize("value", ["0", '"all"', "1.5"])
+def test_bad_epoch_views_is_one_line(cli, tiny_data, tmp_path, value):
+    code, _, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", tmp_path / "run",
+                       "--set", f"data.epoch_views={value}")
+    assert code == 2 and "data.epoch_views" in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

@@ -41,6 +41,20 @@ def test_views_overhead_benchmark_counts_ops_of_both_kinds_of_step(tiny_data):
     assert mixed["host_syncs"] == unmixed["host_syncs"] == 0
 
 
+def test_views_overhead_compares_epoch_views_with_per_step_views(tiny_data):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "views_overhead.py"), "--data", str(tiny_data),
+         "--batch-size", "4", "--steps", "5", "--epoch-views", "epoch", "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["steps"], result["epoch_views"], result["identical"]) == (5, "epoch", True)
+    ops = result["ops_per_step"]
+    # one pass per kind of view for the 5 steps: fewer launches on the images per step
+    assert 0 < ops["chunked"]["pixel_ops"] < ops["per_step"]["pixel_ops"] / 2
+
+
 def test_op_counter_finds_the_host_syncs_on_pixel_data_only():
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
@@ -65,3 +79,5 @@ def test_op_counter_finds_the_host_syncs_on_pixel_data_only():
     assert summary["host_syncs"] == 3, summary
     assert summary["sync_ops"] == {"_local_scalar_dense": 1, "index": 1, "nonzero": 1}
     assert summary["ops"] - summary["non_view_ops"] == 1
+    # on the images: float, mul, mean, item, gt, index, nonzero (the view is no kernel)
+    assert summary["pixel_ops"] == 7

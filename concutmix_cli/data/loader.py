@@ -50,10 +50,10 @@ def _split_images(split: Split, root):
     return lambda index: images[index][0]
 
 
-def _plan_batch(plan: BatchPlan, device: torch.device | None = None, **views: torch.Tensor) -> Batch:
-    """The views with the plan's mixing decision (the box moved to `device` when given)."""
-    box = plan.box if plan.box is None or device is None else plan.box.to(device, non_blocking=True)
-    return Batch(epoch=plan.epoch, step=plan.step, mixed=plan.mix, lam=plan.lam, box=box, **views)
+def _plan_batch(plan: BatchPlan, box: torch.Tensor | None = None, **views: torch.Tensor) -> Batch:
+    """The views with the plan's mixing decision (its box, or `box`: the same on the device)."""
+    return Batch(epoch=plan.epoch, step=plan.step, mixed=plan.mix, lam=plan.lam,
+                 box=plan.box if box is None else box, **views)
 
 
 class StepDataset(Dataset):
@@ -176,23 +176,54 @@ class LoaderBatches:
         close(self.loader)
 
 
+# Bytes of device memory one sample costs per view in a chunk: its float32 output (kept until the
+# step) plus the transients of the pass that makes it (the resized crop holds about eight float32
+# copies of its inputs while it runs); auto takes at most this share of the free memory.
+_VIEW_WORK_COPIES = 8
+_EPOCH_VIEWS_MEMORY_SHARE = 0.25
+
+
+def resolve_epoch_views(choice: str | int, device: torch.device, steps_per_epoch: int,
+                        step_images: int, image_size: int, contrast: bool) -> int:
+    """`data.epoch_views` as steps per chunk (1 = the per-step path). auto: on CUDA as many steps
+    as fit a quarter of the free device memory (the whole epoch on a large card), 1 elsewhere:
+    on a CPU one big pass is no faster (docs/benchmarks.md) and only holds more memory."""
+    if choice == "off":
+        return 1
+    if choice == "epoch":
+        return max(1, steps_per_epoch)
+    if choice != "auto":
+        return max(1, min(int(choice), steps_per_epoch))
+    if device.type != "cuda":
+        return 1
+    free, _total = torch.cuda.mem_get_info(device)
+    views = 2 + (2 if contrast else 0)  # view 0, the foreground view [, views 1 and 2]
+    per_image = 3 * image_size * image_size * 4  # float32
+    per_step = step_images * per_image * (views + 2 * _VIEW_WORK_COPIES)
+    return max(1, min(steps_per_epoch, int(free * _EPOCH_VIEWS_MEMORY_SHARE) // max(1, per_step)))
+
+
 class DeviceBatches:
     """The device path: the uint8 training set lives on the device; views are made batch-wise.
 
-    Each kind of view is made in ONE batched pass per step (view 0 of A together with the
-    foreground view of B, views 1 and 2 together): on a GPU the cost is the number of kernel
-    launches, not the pixels. The parameters are still drawn per view, in the order view 0,
-    view 1, view 2, foreground, so the pixels equal four separate calls.
+    Each kind of view is made in ONE batched pass per chunk of `chunk_steps` steps (view 0 of A
+    together with the foreground view of B, views 1 and 2 together; `data.epoch_views`: a step,
+    a few, or the whole epoch): on a GPU the cost is the number of kernel launches, not the
+    pixels. The parameters are still drawn per step from the step's own generator, per view, in
+    the order view 0, view 1, view 2, foreground, and every kernel treats each sample on its own,
+    so the pixels equal four separate calls per step whatever the chunk (tests/test_device_batches.py).
+    A chunk's image indices and CutMix boxes reach the device in one copy; its steps are slices.
 
-    With `prefetch`, a background thread makes step t+1's views while the training thread runs
-    step t. On a GPU the augmentation is bound by the CPU launching small kernels, and the
-    backward pass launches from autograd's own thread without the GIL, so the two overlap. Both
-    threads queue on the same CUDA stream, in launch order, so step t+1's views are complete
-    before anything reads them. The batches are identical with and without prefetching.
+    With `prefetch`, a background thread makes the next chunk's views while the training thread
+    runs this chunk's steps. On a GPU the augmentation is bound by the CPU launching small
+    kernels, and the backward pass launches from autograd's own thread without the GIL, so the
+    two overlap. Both threads queue on the same CUDA stream, in launch order, so the views are
+    complete before anything reads them. A whole-epoch chunk leaves it nothing to overlap (the
+    epoch's views are made once, before its first step). The batches are identical either way.
     """
 
     def __init__(self, data: PreparedData, planner: EpochPlanner, contrast: bool,
-                 device: torch.device, prefetch: bool = False):
+                 device: torch.device, prefetch: bool = False, epoch_views: str | int = "off"):
         from concutmix_cli.data.device import DeviceViews
 
         if data.train.images is None:
@@ -204,53 +235,78 @@ class DeviceBatches:
         self.contrast = contrast
         self.device = device
         self.prefetch = prefetch
+        self.chunk_steps = resolve_epoch_views(epoch_views, device, planner.steps_per_epoch(),
+                                               planner.batch_size // planner.world_size,
+                                               self.views.image_size, contrast)
 
     def batch(self, epoch: int, step: int) -> Batch:
-        plan = self.planner.plan(epoch, step)
-        views = self.views
-        gen = torch.Generator().manual_seed(plan.device_seed)
-        index = torch.from_numpy(plan.indices).to(self.device, non_blocking=True)
-        images = self.images[index]
-        n, _, height, width = images.shape
-        params0 = views.sample_classify(n, height, width, gen)
-        params_contrast = [views.sample_contrast(n, height, width, gen) for _ in range(2)] if self.contrast else []
-        out = {"labels": self.labels[index]}
-        if plan.mix:
-            fg = torch.from_numpy(plan.foreground).to(self.device, non_blocking=True)
-            params_fg = views.sample_classify(n, height, width, gen)
-            both = views.classify_uint8(torch.cat((images, self.images[fg])), params0.cat(params_fg))
-            out["view0"], out["fg_view0"] = views.finish(both).split(n)
-            out["fg_labels"] = self.labels[fg]
-        else:
-            out["view0"] = views.finish(views.classify_uint8(images, params0))
+        return self.chunk(epoch, [step])[0]
+
+    def chunk(self, epoch: int, steps) -> list[Batch]:
+        """The batches of `steps`: each kind of view made in one pass over all of them."""
+        views, (height, width) = self.views, self.images.shape[-2:]
+        plans = [self.planner.plan(epoch, step) for step in steps]
+        classify, contrast = [], []  # per-step parameters, drawn exactly as a lone step draws them
+        classify_index, contrast_index = [], []  # (A, B) of each step; (A, A) of each step
+        for plan in plans:
+            n = len(plan.indices)
+            gen = torch.Generator().manual_seed(plan.device_seed)
+            classify.append(views.sample_classify(n, height, width, gen))
+            classify_index.append(plan.indices)
+            if self.contrast:
+                contrast += [views.sample_contrast(n, height, width, gen) for _ in range(2)]
+                contrast_index += [plan.indices, plan.indices]
+            if plan.mix:
+                classify.append(views.sample_classify(n, height, width, gen))
+                classify_index.append(plan.foreground)
+        boxes = [plan.box.numpy() for plan in plans if plan.mix]
+        host = np.concatenate([*classify_index, *contrast_index, *boxes]).astype(np.int64, copy=False)
+        staged = torch.from_numpy(host).to(self.device, non_blocking=True)  # the chunk's one copy
+        index0, index_c, box = staged.split([sum(map(len, classify_index)), sum(map(len, contrast_index)),
+                                             4 * len(boxes)])
+        view0 = views.finish(views.classify_uint8(self.images[index0], classify[0].cat(*classify[1:])))
+        parts0 = iter(zip(view0.split([len(i) for i in classify_index]),
+                          self.labels[index0].split([len(i) for i in classify_index])))
+        parts_c = iter(())
         if self.contrast:
-            both = views.contrast_uint8(images.repeat(2, 1, 1, 1), params_contrast[0].cat(params_contrast[1]))
-            out["view1"], out["view2"] = views.finish(both).split(n)
-        return _plan_batch(plan, self.device, **out)
+            made = views.contrast_uint8(self.images[index_c], contrast[0].cat(*contrast[1:]))
+            parts_c = iter(views.finish(made).split([len(i) for i in contrast_index]))
+        boxes_on_device = iter(box.view(-1, 4))
+        batches = []
+        for plan in plans:
+            out = dict(zip(("view0", "labels"), next(parts0)))
+            if self.contrast:
+                out["view1"], out["view2"] = next(parts_c), next(parts_c)
+            if plan.mix:
+                out["fg_view0"], out["fg_labels"] = next(parts0)
+            batches.append(_plan_batch(plan, next(boxes_on_device) if plan.mix else None, **out))
+        return batches
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """The batches from `start_step` to the end of the epoch, one step ahead when prefetching."""
+        """The batches from `start_step` to the end of the epoch, a chunk ahead when prefetching
+        (chunks start at `start_step`: a step's batch never depends on its chunk)."""
         steps = range(start_step, self.planner.steps_per_epoch())
+        chunks = [steps[i : i + self.chunk_steps] for i in range(0, len(steps), self.chunk_steps)]
         if not self.prefetch:
-            for step in steps:
-                yield self.batch(epoch, step)
+            for steps_of_chunk in chunks:
+                yield from self.chunk(epoch, steps_of_chunk)
             return
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="concutmix-views")
         try:
-            pending = pool.submit(self._batch_in_thread, epoch, steps[0]) if steps else None
-            for i, step in enumerate(steps):
-                batch = pending.result()
-                pending = pool.submit(self._batch_in_thread, epoch, steps[i + 1]) if i + 1 < len(steps) else None
-                yield batch
-        finally:  # also when the consumer stops early: wait for the batch in flight, drop the rest
+            pending = pool.submit(self._chunk_in_thread, epoch, chunks[0]) if chunks else None
+            for i in range(len(chunks)):
+                batches = pending.result()
+                pending = pool.submit(self._chunk_in_thread, epoch, chunks[i + 1]) if i + 1 < len(chunks) else None
+                yield from batches
+        finally:  # also when the consumer stops early: wait for the chunk in flight, drop the rest
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _batch_in_thread(self, epoch: int, step: int) -> Batch:
+    def _chunk_in_thread(self, epoch: int, steps) -> list[Batch]:
         # the current CUDA device is per thread
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
-            return self.batch(epoch, step)
+            return self.chunk(epoch, steps)
 
     def close(self) -> None:
         """Nothing to stop (the prefetch thread ends with each epoch's iterator)."""

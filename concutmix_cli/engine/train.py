@@ -170,7 +170,7 @@ class Trainer:
         contrast = self.method.contrast
         if self.augment_on == "device":
             self.batches = DeviceBatches(self.data, self.planner, contrast, self.device,
-                                         cfg.data.prefetch)
+                                         cfg.data.prefetch, cfg.data.epoch_views)
         else:
             self.batches = LoaderBatches(self.data, self.planner, cfg.data.views, contrast,
                                          cfg.data.num_workers, self.device)
