@@ -4,7 +4,8 @@
 #   1. do the step modes train the same model? eager, sync_free and graphed on the same batches
 #      (benchmarks/step_equality.py: weight differences, host syncs per mode),
 #   2. throughput of the device path (ratio against the model-only ceiling, TFLOP/s) in each
-#      step mode; the graphed ceiling is itself captured,
+#      step mode (views per epoch, data.epoch_views auto) and eager with per-step views; the
+#      graphed ceiling is itself captured; epoch views against per-step views (identical?),
 #   3. timed real epochs: the short CIFAR-100-LT schedule (cifar100-lt-short) for concutmix,
 #      eager and graphed; last-epoch test accuracy of each (no accuracy change expected),
 #   4. correctness of the device paths on the GPU (the CUDA-relevant test files).
@@ -65,6 +66,12 @@ echo "== 2. throughput, device path, per step mode"
 for mode in eager sync_free graphed; do
   throughput "$mode" concutmix device --step "$mode"
 done
+throughput eager-perstep concutmix device --step eager --set 'data.epoch_views="off"'
+echo "== 2b. epoch views against per-step views on the GPU (bit-identical? ops per step, time)"
+timeout 90 python3 benchmarks/views_overhead.py --data "$DATA" --batch-size 256 --steps 12 \
+  --epoch-views epoch --device cuda --json 2>"$OUT_DIR/epoch-views.err" | tail -1 > "$OUT_DIR/epoch-views.json"
+cat "$OUT_DIR/epoch-views.json"; tail -3 "$OUT_DIR/epoch-views.err"
+snapshot
 echo "== 3. short real runs ($EPOCHS epochs), eager and graphed"
 run concutmix-eager --set 'runtime.step="eager"'
 run concutmix-graphed --set 'runtime.step="graphed"'

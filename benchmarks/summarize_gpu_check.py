@@ -32,12 +32,13 @@ def main(folder: str) -> None:
     print()
     print("| throughput | samples/s | ceiling | ratio | TFLOP/s real / ceiling | device peak GB |")
     print("|---|---|---|---|---|---|")
-    for name in ("eager", "sync_free", "graphed"):
+    for name in ("eager", "sync_free", "graphed", "eager-perstep"):
         r = _json_line(out / f"throughput-{name}.json")
         if r is None:
             print(f"| {name} | failed | | | | |")
             continue
-        print(f"| {r['method']} / {r['augment_on']} / {r.get('step', name)} | {r['samples_per_s']:.0f} | "
+        views = f", {r['epoch_views_steps']} steps/views pass" if "epoch_views_steps" in r else ""
+        print(f"| {r['method']} / {r['augment_on']} / {r.get('step', name)}{views} | {r['samples_per_s']:.0f} | "
               f"{r['ceiling_samples_per_s']:.0f} | {r['ratio']:.3f} | "
               f"{r.get('tflops', 0):.2f} / {r.get('ceiling_tflops', 0):.2f} | {r.get('device_peak_gb', 0):.2f} |")
     print()
