@@ -91,8 +91,7 @@ def prepare(
     from concutmix_cli.data.prepare import prepare as run_prepare
     from concutmix_cli.progress import WorkBar
 
-    bar = WorkBar(err_console)
-    try:
+    with WorkBar(err_console) as bar:
         result = run_prepare(
             dataset, out=out, imbalance=imbalance, seed=seed, source=source, root=root,
             download=download, classes=classes, n_max=n_max, train_list=train_list,
@@ -100,8 +99,6 @@ def prepare(
             test=test, image_size=image_size, val_fraction=val_fraction,
             test_fraction=test_fraction, skip_bad=skip_bad, callbacks=bar,
         )
-    finally:
-        bar.close()
     _print_prepare_summary(result.out, result.manifest)
 
 
@@ -246,11 +243,8 @@ def evaluate(
     check_outputs({"--out": out}, reads=[run, *([data] if data else [])])  # before any work
     if plot is not None:
         picture_plan = _eval_picture_plan(run, plot, plot_format, force, data)
-    bar = WorkBar(err_console)
-    try:
+    with WorkBar(err_console) as bar:
         found = predict_run(run, data=data, split=split, device=device, callbacks=bar)
-    finally:
-        bar.close()
     report = report_of(found)
     if plot is not None:
         from concutmix_cli.plots import picture_of, write_pictures
@@ -350,12 +344,9 @@ def inspect_labels(
                   reads=[run, *([data] if data else [])])
     from concutmix_cli.progress import WorkBar
 
-    bar = WorkBar(err_console)
-    try:  # a bar only for draws long enough to need one
+    with WorkBar(err_console) as bar:  # a bar only for draws long enough to need one
         report = inspect_run(run, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
                              device=device, callbacks=bar if num >= 256 else None)
-    finally:
-        bar.close()
     if out is not None:
         atomic_write_bytes(out, dump_bytes(report.result))
     if image is not None:
@@ -448,12 +439,9 @@ def predict(
     check_outputs({"--out": out}, reads=[run, *images])
     from concutmix_cli.progress import WorkBar
 
-    bar = WorkBar(err_console)
-    try:
+    with WorkBar(err_console) as bar:
         result = predict_images(run, list(images), top_k=top_k, batch_size=batch_size,
                                 device=device, skip_bad=skip_bad, callbacks=bar)
-    finally:
-        bar.close()
     csv_text = predictions_csv(result) if as_csv or (out and out.suffix.lower() == ".csv") else None
     json_report = json_text(predictions_json(result), ensure_ascii=False)
     if out is not None:
@@ -514,12 +502,9 @@ def plot(
     from concutmix_cli.plots import plot_runs
     from concutmix_cli.progress import WorkBar
 
-    bar = WorkBar(err_console)
-    try:
+    with WorkBar(err_console) as bar:
         written = plot_runs(list(runs), out, plot_format, split=split, device=device,
                             force=force, callbacks=bar)
-    finally:
-        bar.close()
     for what, path in written.items():
         console.print(f"{what}: {escape(str(path))}", highlight=False)
 

@@ -68,6 +68,12 @@ class WorkBar:
             self.bar.stop()
             self.bar = self.task = None
 
+    def __enter__(self) -> "WorkBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # however the work ends, the terminal is left clean
+
 
 def print_table(console: Console, table) -> None:
     """Print a rich table at the width of its content. On a terminal narrower than that the

@@ -30,8 +30,8 @@ from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, 
 from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
 from concutmix_cli.engine.runlock import RunLock
 from concutmix_cli.engine.step import MethodStep
-from concutmix_cli.engine.syncfree import (GraphedStep, StepTotals, SyncFreeStep, build_sgd,
-                                           resolve_step_mode, set_lr)
+from concutmix_cli.engine.syncfree import (COUNT_KEYS, SUM_KEYS, GraphedStep, StepTotals,
+                                           SyncFreeStep, build_sgd, resolve_step_mode, set_lr)
 from concutmix_cli.errors import UserError
 from concutmix_cli.events import Callback, EpochDone, EpochStarted, Message, StepDone, StopFlag, emitter
 from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
@@ -375,12 +375,11 @@ class Trainer:
             # the last one are not saved, so stopping between would not resume exactly
             if self.ends_accumulation(step) and self._stop_requested():
                 self._check_device_bad_steps(epoch, step)
-                partial = self._epoch_totals(time.perf_counter() - started, restored)
-                self.partial = dict(zip(_PARTIAL_KEYS, partial))
+                self.partial = self._epoch_totals(time.perf_counter() - started, restored)
                 self.save_checkpoint(epoch, step + 1)
                 raise StopRequested(self.stop.exit_code or STOP_EXIT_CODE)
         self._check_device_bad_steps(epoch, steps - 1)
-        totals = dict(zip(_PARTIAL_KEYS, self._epoch_totals(time.perf_counter() - started, restored)))
+        totals = self._epoch_totals(time.perf_counter() - started, restored)
         samples = max(totals["samples"], 1)
         world = self.ctx.world_size
         return {
@@ -397,13 +396,13 @@ class Trainer:
             "samples_per_s": totals["samples"] / max(totals["seconds"] / world, 1e-9),
         }
 
-    def _epoch_totals(self, seconds: float, restored: dict[str, float]) -> list[float]:
-        """The epoch's totals so far over all processes, in `_PARTIAL_KEYS` order: the device sums
-        and counts (which already continue a restored state) and the wall-clock seconds,
-        including those of the process that trained the epoch's first part."""
+    def _epoch_totals(self, seconds: float, restored: dict[str, float]) -> dict[str, float]:
+        """The epoch's totals so far over all processes (`_PARTIAL_KEYS`): the device sums and
+        counts (which already continue a restored state) and the wall-clock seconds, including
+        those of the process that trained the epoch's first part."""
         now = {**self.totals.read(), "seconds": seconds + float(restored.get("seconds", 0.0))}
         reduced = torch.tensor([now[k] for k in _PARTIAL_KEYS], dtype=torch.float64, device=self.device)
-        return dist_utils.all_reduce_sum(reduced, self.ctx).tolist()
+        return dict(zip(_PARTIAL_KEYS, dist_utils.all_reduce_sum(reduced, self.ctx).tolist()))
 
     def _check_device_bad_steps(self, epoch: int, step: int) -> None:
         """The sync-free steps skip a non-finite loss on the device and count it; at each logging
@@ -480,8 +479,8 @@ class Trainer:
         self.emit(EpochDone(epoch, row, _summary_line(row, self.cfg.optim.epochs)))
 
 
-_PARTIAL_KEYS = ("loss", "cls", "bcl", "correct", "rect_weight", "samples", "steps", "mixed",
-                 "rectified", "skipped", "bad", "seconds")
+_PARTIAL_KEYS = (*SUM_KEYS, *COUNT_KEYS, "seconds")
+"""What a mid-epoch checkpoint saves of the epoch so far (`StepTotals` and the seconds)."""
 
 
 def _fmt(value, percent: bool = True) -> str:
