@@ -228,8 +228,17 @@ def _known_keys(loc: tuple) -> list[str]:
 
 def _format_validation_error(err: ValidationError, origin: str,
                              sources: dict[str, str] | None = None) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    errors = err.errors()
+    first = errors[0]
+    loc = first["loc"]
+    # a union field (e.g. "auto" | an int) fails once per member, each loc ending in the
+    # member's tag: name the field, and say what each member wanted
+    members = [e for e in errors if len(loc) > 1 and e["loc"][:-1] == loc[:-1]
+               and isinstance(e["loc"][-1], str) and not e["loc"][-1].isidentifier()]
+    if len(members) > 1 and not isinstance(loc[-1], int) and not loc[-1].isidentifier():
+        loc = loc[:-1]
+        first = {**first, "msg": "; or ".join(e["msg"] for e in members)}
+    key = ".".join(str(p) for p in loc)
     kind = first["type"]
     sources = sources or {}
     where = sources.get(key) or next(

@@ -114,6 +114,16 @@ def test_bad_overrides_name_the_key(override, message):
         build_config(preset="smoke", overrides=[override])
 
 
+def test_bad_union_value_names_the_field_and_every_member():
+    """`data.epoch_views` is "auto" | "off" | "epoch" | an int >= 1: the message names the field
+    the user wrote (not pydantic's member tag) and what each member wanted."""
+    with pytest.raises(UserError) as caught:
+        build_config(preset="smoke", overrides=["data.epoch_views=-1"])
+    assert str(caught.value) == ("--set data.epoch_views=-1: bad value for 'data.epoch_views' "
+                                 "(-1): Input should be 'auto', 'off' or 'epoch'; or Input "
+                                 "should be greater than or equal to 1")
+
+
 def test_malformed_override():
     with pytest.raises(UserError, match="section.key=value"):
         build_config(preset="smoke", overrides=["justtext"])
