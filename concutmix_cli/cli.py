@@ -204,14 +204,16 @@ def train(
     )
     stop = StopFlag()
     view = TrainView(console, stop, every)
+    view.take_signals()
     try:
         result = run_training(request, callbacks=view, stop=stop)
     finally:
         view.close()
     if result.stopped:
-        console.print(f"stopped; resume with: concutmix train --resume {result.run_dir}")
+        console.print(f"stopped; resume with: concutmix train --resume {result.run_dir}",
+                      soft_wrap=True)  # one line: a script may read the command from it
         raise SystemExit(result.exit_code)
-    console.print(f"done: {result.run_dir}")
+    console.print(f"done: {result.run_dir}", soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- eval

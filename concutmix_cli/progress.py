@@ -107,7 +107,8 @@ class TrainView:
     """Renders training events: on a terminal a per-step bar (loss, throughput, elapsed, ETA)
     and a line per epoch; elsewhere a line every `every` steps or seconds and one per epoch, none
     wider than the console. Owns SIGINT/SIGTERM while epochs run: they ask the run to stop at
-    the next optimizer step, which checkpoints, so `--resume` continues exactly."""
+    the next optimizer step, which checkpoints, so `--resume` continues exactly; a second signal
+    interrupts at once (the last checkpoint stays the resume point)."""
 
     SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -123,6 +124,9 @@ class TrainView:
 
     def __call__(self, event) -> None:
         if isinstance(event, Message):
+            if not self.console.is_terminal:  # a log: wrapped between words, never inside a path
+                self._line(f"{event.kind}: {event.text}" if event.kind else event.text)
+                return
             text = escape(event.text)
             self.console.print(f"[yellow]{escape(event.kind)}:[/] {text}" if event.kind else text,
                                highlight=False)
@@ -137,9 +141,14 @@ class TrainView:
             self._line(event.summary if self.console.is_terminal else log_record(
                 event.row, self.total_epochs))
 
-    def _epoch_started(self, event: EpochStarted) -> None:
+    def take_signals(self) -> None:
+        """From now on SIGINT/SIGTERM ask for a stop instead of killing the process (called
+        before the run is set up, so a scheduler's SIGTERM during setup is not fatal either)."""
         if not self.previous:
             self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+
+    def _epoch_started(self, event: EpochStarted) -> None:
+        self.take_signals()
         self.total_epochs = event.epochs
         self.started = self.last_time = time.monotonic()
         self.start_step = self.last_step = event.start_step
@@ -175,15 +184,20 @@ class TrainView:
                    f"eta {_clock(eta)}")
 
     def _line(self, text: str) -> None:
-        """One record; where it is wider than the console, continued on indented lines."""
+        """One record; where it is wider than the console, continued on indented lines (a word
+        longer than the width, a path, stays whole on its own line)."""
         if self.console.is_terminal:
             self.console.print(escape(text), highlight=False)
             return
         width = max(self.console.width, 20)
-        for line in textwrap.wrap(text, width, subsequent_indent="    ", break_on_hyphens=False):
+        for line in textwrap.wrap(text, width, subsequent_indent="    ", break_on_hyphens=False,
+                                  break_long_words=False):
             self.console.print(escape(line), highlight=False, soft_wrap=True)
 
     def _on_signal(self, signum, _frame) -> None:
+        if self.stop.requested:  # a second signal: the user will not wait for the step to end
+            self.close()
+            raise KeyboardInterrupt
         self.stop.request(self.SIGNALS.get(signal.Signals(signum), 130))
 
     def close(self) -> None:

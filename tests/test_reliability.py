@@ -357,6 +357,60 @@ def test_sigint_finishes_the_step_saves_and_exits_130(cli, wide, data4, tmp_path
     assert signal.getsignal(signal.SIGINT) is before  # the trainer restored the handler it found
 
 
+def test_sigterm_during_setup_stops_before_training_and_resume_starts_over(
+        cli, data4, tmp_path, monkeypatch):
+    """A scheduler's SIGTERM while the run is set up (before the first epoch) is not fatal:
+    the run stops with 143 before any step, leaves its config and no checkpoint, and releases
+    its lock; --resume then trains from the beginning."""
+    from concutmix_cli.engine import train as train_module
+
+    real_init = train_module.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module.Trainer, "__init__", init)
+    before = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "r"
+    code, out, err = cli("train", "--data", data4, "--out", run, *TRAIN_ARGS)
+    assert code == 143, err
+    # one line however long the path, though the captured console is 80 columns wide
+    assert f"stopped; resume with: concutmix train --resume {run}\n" in out
+    assert (run / "config.json").is_file() and _index(run) == []
+    assert not (run / ".concutmix.lock").exists() and not _temporaries(run)
+    assert signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setattr(train_module.Trainer, "__init__", real_init)
+    code, out, err = cli("train", "--resume", run)
+    assert code == 0, err
+    assert "no checkpoint yet: starting from the beginning" in out
+    assert [r["epoch"] for r in _metrics(run)] == list(range(1, EPOCHS + 1))
+
+
+def test_a_second_signal_interrupts_at_once(cli, data4, tmp_path, monkeypatch):
+    """The first SIGINT asks for a stop at the step's end; a second one, before it comes, does
+    not wait: "interrupted", exit 130, the lock released and no temporary left."""
+    from concutmix_cli.data.sampling import EpochPlanner
+
+    real_plan = EpochPlanner.plan
+
+    def plan(self, epoch, step):
+        if (epoch, step) == (0, 0):
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_plan(self, epoch, step)
+
+    monkeypatch.setattr(EpochPlanner, "plan", plan)
+    before = signal.getsignal(signal.SIGINT)
+    run = tmp_path / "r"
+    code, out, err = cli("train", "--data", data4, "--out", run, *TRAIN_ARGS)
+    assert code == 130, err
+    assert "interrupted" in err and "stopped; resume" not in out
+    assert _index(run) == [] and not (run / ".concutmix.lock").exists()
+    assert not _temporaries(run)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 # ----------------------------------------------------------------------------- the run folder
 
 

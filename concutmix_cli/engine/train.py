@@ -447,6 +447,8 @@ class Trainer:
         cfg = self.cfg
         rows = []
         try:
+            if self._stop_requested():  # asked during setup: nothing trained, nothing to save
+                raise StopRequested(self.stop.exit_code or STOP_EXIT_CODE)
             for epoch in range(self.start_epoch, cfg.optim.epochs):
                 row = self.train_epoch(epoch)
                 self.partial = {}
