@@ -531,7 +531,7 @@ def build_table(opts: Options) -> tuple[str, dict[str, Any]]:
             text, data = table.group_row("+".join(SEED_GROUP), [summaries[i] for i in SEED_GROUP])
             lines.append(text)
             groups.append(data)
-    lines += ["", f"omega ablation (CIFAR-100-LT IF 100, subset seed 10, training seed 0): what the "
+    lines += ["", "omega ablation (CIFAR-100-LT IF 100, subset seed 10, training seed 0): what the "
               "rectification adds. omega * rho is the mean rectification weight of the last "
               "epoch's mixed batches (`inspect-labels` shows it per sample).", "",
               table.ABLATION_HEADER, "|" + "---|" * table.ABLATION_HEADER.count(" | ") + "---|"]

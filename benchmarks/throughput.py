@@ -5,6 +5,8 @@
     one training step feeds it (3B images for bcl/concutmix, B for ce/cutmix);
 (b) the real thing: the training loop on real data (loading, augmentation, CutMix, losses,
     rectification and all) for a fixed number of steps after warm-up.
+The timed steps of (a) and (b) alternate in `--rounds` rounds (4), so that a machine whose speed
+drifts (a shared CPU) slows both alike; the ratio of each round is printed too.
 Both use the same model, batch size, thread count, device and step mode (`--step`: eager,
 sync_free or graphed; with graphed the ceiling is captured in a CUDA graph too). Prints samples/s
 of both, the ratio (b)/(a), the achieved TFLOP/s of each (the step's FLOPs counted once with
@@ -49,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="alternate real and ceiling steps in this many rounds (1: one after the other)")
     p.add_argument("--profile-steps", type=int, default=None, help="synchronized profiled steps")
     p.add_argument("--device", default="auto")
     p.add_argument("--augment-on", default="auto", choices=["auto", "loader", "device"])
@@ -105,10 +109,8 @@ def train_one(trainer: Trainer, batch) -> None:
     trainer.run_step(batch)
 
 
-def measure_real(trainer: Trainer, warmup: int, steps: int) -> tuple[float, int]:
-    stream = real_steps(trainer)
-    for _ in range(warmup):
-        train_one(trainer, next(stream))
+def measure_real(trainer: Trainer, stream, steps: int) -> tuple[float, int]:
+    """`steps` real steps from `stream`: (seconds, samples)."""
     _sync(trainer.device)
     samples = 0
     start = time.perf_counter()
@@ -117,7 +119,7 @@ def measure_real(trainer: Trainer, warmup: int, steps: int) -> tuple[float, int]
         train_one(trainer, batch)
         samples += batch.size
     _sync(trainer.device)
-    return samples / (time.perf_counter() - start), samples
+    return time.perf_counter() - start, samples
 
 
 def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
@@ -147,9 +149,10 @@ def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
     return {k: v / steps for k, v in phases.items()}
 
 
-def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> tuple[float, float]:
-    """The model alone on ready-made tensors of a real step's shapes: (samples/s, FLOPs per
-    sample of a training step)."""
+def ceiling_step(trainer: Trainer):
+    """The model alone on ready-made tensors of a real step's shapes: (a callable making one
+    step, samples per step, FLOPs per sample of a training step). Captured in a CUDA graph when
+    the step mode is graphed."""
     device, b = trainer.device, trainer.cfg.optim.batch_size // trainer.ctx.world_size
     contrast = trainer.method.contrast
     size = trainer.data.manifest.get("image_size") or 224
@@ -177,26 +180,61 @@ def measure_ceiling(trainer: Trainer, warmup: int, steps: int) -> tuple[float, f
             trainer.optimizer_step()
 
     flops_per_sample = count_flops(one) / b
-    step = one
-    if graphed:  # the captured model-only step: what a graphed real loop should approach
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                one()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+    if not graphed:
+        return one, b, flops_per_sample
+    stream = torch.cuda.Stream()  # the captured model-only step: what a graphed loop should approach
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
             one()
-        step = graph.replay
-    for _ in range(warmup):
-        step()
-    _sync(device)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        one()
+    return graph.replay, b, flops_per_sample
+
+
+def measure_ceiling(trainer: Trainer, step, steps: int) -> float:
+    """`steps` model-only steps: seconds."""
+    _sync(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
-    return steps * b / (time.perf_counter() - start), flops_per_sample
+    _sync(trainer.device)
+    return time.perf_counter() - start
+
+
+def measure(trainer: Trainer, warmup: int, steps: int, rounds: int, profile_steps: int) -> dict:
+    """The real loop and the ceiling, `steps` timed steps of each in `rounds` alternating rounds
+    (real, then ceiling): a machine whose speed drifts over minutes (a shared CPU, a GPU's clock)
+    then slows both alike instead of whichever ran second; then the profile. Graphed: one round,
+    in the order real, profile, ceiling (the ceiling's capture must not come between the real
+    loop's graphs and their replays: both use the parameters' gradients)."""
+    stream = real_steps(trainer)
+    for _ in range(warmup):  # the real warm-up first: a graphed loop captures its steps here
+        train_one(trainer, next(stream))
+    graphed = trainer.step_mode == "graphed"
+    rounds = 1 if graphed else max(1, min(rounds, steps))
+    sizes = [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
+    if graphed:
+        real = measure_real(trainer, stream, steps)
+        profile = profile_real(trainer, profile_steps)
+    step, per_step, flops = ceiling_step(trainer)
+    for _ in range(warmup):
+        step()
+    real_s = ceiling_s = 0.0
+    samples = 0
+    ratios = []
+    for n in sizes:
+        seconds, got = real if graphed else measure_real(trainer, stream, n)
+        ceil_seconds = measure_ceiling(trainer, step, n)
+        ratios.append((got / seconds) / (n * per_step / ceil_seconds))
+        real_s, ceiling_s, samples = real_s + seconds, ceiling_s + ceil_seconds, samples + got
+    if not graphed:
+        profile = profile_real(trainer, profile_steps)
+    return {"samples_per_s": samples / real_s, "ceiling_samples_per_s": steps * per_step / ceiling_s,
+            "samples": samples, "flops_per_sample": flops, "round_ratios": ratios,
+            "profile": profile}
 
 
 def count_flops(step) -> int:
@@ -230,17 +268,19 @@ def main(argv=None) -> dict:
         data = _prepared_folder(args, workdir)
         trainer = build_trainer(args, data, workdir)
         trainer.train_model.train()
-        real, samples = measure_real(trainer, args.warmup, args.steps)
-        profile = profile_real(trainer, args.profile_steps or max(args.steps // 2, 2))
-        ceiling, flops = measure_ceiling(trainer, args.warmup, args.steps)
+        timed = measure(trainer, args.warmup, args.steps, args.rounds,
+                        args.profile_steps or max(args.steps // 2, 2))
+        real, ceiling, flops, profile = (timed["samples_per_s"], timed["ceiling_samples_per_s"],
+                                         timed["flops_per_sample"], timed["profile"])
         result = {
             "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
             "prefetch": bool(getattr(trainer.batches, "prefetch", False)),
             "epoch_views_steps": getattr(trainer.batches, "chunk_steps", None),
             "device": device_name(trainer.device), "precision": trainer.precision.name,
             "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
-            "steps": args.steps, "samples": samples,
+            "steps": args.steps, "samples": timed["samples"], "rounds": len(timed["round_ratios"]),
             "samples_per_s": real, "ceiling_samples_per_s": ceiling, "ratio": real / ceiling,
+            "round_ratios": timed["round_ratios"],
             "augment_resolved": trainer.augment_on, "step": trainer.step_mode,
             "step_gflop": flops * args.batch_size / 1e9,
             "tflops": flops * real / 1e12, "ceiling_tflops": flops * ceiling / 1e12,
@@ -264,6 +304,9 @@ def _print_table(r: dict) -> None:
     table.add_row("(b) real training loop", f"{r['samples_per_s']:.1f} samples/s")
     table.add_row("(a) model-only ceiling", f"{r['ceiling_samples_per_s']:.1f} samples/s")
     table.add_row("ratio (b)/(a)", f"{r['ratio']:.3f}")
+    if r["rounds"] > 1:
+        table.add_row(f"ratio in each of {r['rounds']} rounds",
+                      " ".join(f"{x:.2f}" for x in r["round_ratios"]))
     table.add_row("step mode", r["step"])
     table.add_row("FLOPs per step (fwd + bwd)", f"{r['step_gflop']:.1f} GFLOP")
     table.add_row("achieved: real / ceiling", f"{r['tflops']:.3f} / {r['ceiling_tflops']:.3f} TFLOP/s")

@@ -271,7 +271,7 @@ def evaluate(
         table.add_row(f"top-1 {key}", _percent(value))
     table.add_row("balanced accuracy", _percent(report["balanced_accuracy"]))
     table.add_row("macro-F1", _percent(report["macro_f1"]))
-    table.add_row("ECE (15 bins)", f"{report['ece']:.4f}")
+    table.add_row("ECE (15 bins)", "-" if report["ece"] is None else f"{report['ece']:.4f}")
     table.add_row("epoch", str(report.get("epoch")))
     table.add_row("weights", escape(report["source"]))
     print_table(console, table)

@@ -37,12 +37,26 @@ def test_train_evaluate_inspect_from_python(tiny_data, tmp_path, capsys):
     assert capsys.readouterr().out == ""  # the library prints nothing
 
 
-def test_a_stop_request_ends_with_a_resumable_checkpoint(tiny_data, tmp_path):
+def test_a_stop_request_during_training_ends_with_a_resumable_checkpoint(tiny_data, tmp_path):
     stop = concutmix_cli.StopFlag()
-    stop.request(143)
+
+    def stop_after_first_step(event):
+        if isinstance(event, StepDone):
+            stop.request(143)
+
+    result = concutmix_cli.train("smoke", tmp_path / "run", data=tiny_data, overrides=FAST,
+                                 stop=stop, callbacks=stop_after_first_step)
+    assert result.stopped and result.exit_code == 143 and result.rows == []
+    assert (result.run_dir / "last.safetensors").is_file()
+
+
+def test_a_stop_requested_before_training_saves_nothing(tiny_data, tmp_path):
+    stop = concutmix_cli.StopFlag()
+    stop.request(143)  # as a scheduler's SIGTERM during setup: nothing was trained
     result = concutmix_cli.train("smoke", tmp_path / "run", data=tiny_data, overrides=FAST, stop=stop)
     assert result.stopped and result.exit_code == 143
-    assert (result.run_dir / "last.safetensors").is_file()
+    assert not (result.run_dir / "last.safetensors").exists()
+    assert (result.run_dir / "config.json").is_file()  # kept: `--resume` starts it over
 
 
 def test_library_errors_name_the_parameter_not_a_flag(tiny_data, tmp_path):

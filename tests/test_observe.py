@@ -200,7 +200,10 @@ def test_report_mean_and_std_match_the_runs_own_metrics(cli, runs):
         assert groups["concutmix"][metric] == {"mean": pytest.approx(rows["concutmix"][0][key]),
                                                "std": None}
     # equal test classes: balanced accuracy is top-1
-    assert [r["balanced"] for r in report["runs"]] == [last_row(r)["test_top1"] for r in runs]
+    assert [r["balanced"] for r in report["runs"]] == pytest.approx(
+        [last_row(r)["test_top1"] for r in runs], abs=1e-12)
+    assert [r["balanced"] for r in report["runs"]] == [
+        last_row(r)["test_balanced_accuracy"] for r in runs]  # read from the metrics row
 
     code, out, _ = cli("report", *runs, "--group-by", "method", "--csv")
     table = list(csv.DictReader(io.StringIO(out)))

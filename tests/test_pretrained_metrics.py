@@ -103,6 +103,47 @@ def test_macro_f1_counts_a_predicted_absent_class_as_zero():
     assert report["per_class_recall"][2] is None
 
 
+def test_a_non_finite_output_counts_as_wrong_and_stays_out_of_the_ece():
+    from concutmix_cli.engine.evaluate import accuracy_report, expected_calibration_error
+
+    labels = torch.tensor([0, 1, 1, 2])
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [float("nan")] * 3, [0.2, 0.3, 0.5]])
+    report = accuracy_report(probs, labels, {"many": [0], "medium": [1], "few": [2]})
+    assert report["non_finite_outputs"] == 1
+    assert report["overall"] == pytest.approx(3 / 4)  # the NaN row is wrong, not argmax's guess
+    assert report["per_class_recall"] == pytest.approx([1.0, 0.5, 1.0])
+    assert report["per_class_precision"] == pytest.approx([1.0, 1.0, 1.0])
+    # ECE by hand over the three finite rows: all correct, confidences 0.7, 0.6, 0.5 in their
+    # own bins -> (0.3 + 0.4 + 0.5) / 3
+    assert report["ece"] == pytest.approx((0.3 + 0.4 + 0.5) / 3)
+    assert report["ece"] == pytest.approx(expected_calibration_error(probs[[0, 1, 3]], labels[[0, 1, 3]]))
+    nothing = accuracy_report(torch.full((2, 3), float("inf")), torch.tensor([0, 1]), {})
+    assert (nothing["ece"], nothing["overall"], nothing["non_finite_outputs"]) == (None, 0.0, 2)
+
+
+def test_eval_of_weights_that_overflow_is_valid_json_with_a_note(cli, tiny_data, tmp_path):
+    """Finite weights whose logits overflow: `eval --json` reports (no internal error), and
+    says how many images gave non-finite outputs."""
+    import json
+
+    from concutmix_cli.engine.checkpoint import read_weights, weights_bytes
+
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--data", tiny_data, "--out", run, "--epochs", "1",
+                       "--batch-size", "8", "--device", "cpu", "--set",
+                       "runtime.max_steps_per_epoch=1", "--set", "data.num_workers=0")
+    assert code == 0, err
+    tensors, meta = read_weights(run / "last.safetensors")
+    tensors["classifier.weight"] = tensors["classifier.weight"] * 1e38  # finite, logits are not
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes(weights_bytes(tensors, meta))
+    code, out, err = cli("eval", huge, "--data", tiny_data, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["non_finite_outputs"] > 0 and report["num_samples"] > 0
+    assert any("non-finite outputs" in note for note in report["notes"])
+
+
 def test_shot_thresholds_for_own_data():
     from concutmix_cli.data.longtail import choose_shot_thresholds, shot_groups
 

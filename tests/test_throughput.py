@@ -21,6 +21,9 @@ def test_throughput_benchmark_json_on_synthetic_data():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert {"samples_per_s", "ceiling_samples_per_s", "ratio", "device"} <= set(result)
     assert result["samples"] == 3 * 16 and result["device"].startswith("cpu")
+    # 3 timed steps of each alternate in 3 rounds of one (4 asked, at most one a step)
+    assert result["rounds"] == 3 and len(result["round_ratios"]) == 3
+    assert all(r > 0 for r in result["round_ratios"])
     assert set(result["profile_s_per_step"]) == {"data", "forward_and_loss", "backward", "optimizer"}
 
 

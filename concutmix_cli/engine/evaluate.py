@@ -33,16 +33,21 @@ def accuracy_report(
 ) -> dict[str, Any]:
     """Metrics of softmax probabilities [N, C] against labels [N]; group accuracies average the
     per-class accuracies of the classes in the group (the usual LT protocol, equal to the sample
-    average on balanced test sets)."""
+    average on balanced test sets).
+
+    A sample whose probabilities are not finite (finite weights can still overflow) predicts no
+    class: it counts as wrong, is left out of the ECE and is counted in `non_finite_outputs`, so
+    the report stays valid JSON and says what happened."""
     num_classes = probs.shape[1]
-    predicted = probs.argmax(dim=1)
+    finite = torch.isfinite(probs).all(dim=1)
+    predicted = torch.where(finite, probs.argmax(dim=1), torch.full_like(labels, -1))
     correct = (predicted == labels).double()
     per_class_hits = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, correct)
     per_class_n = torch.bincount(labels, minlength=num_classes).double()
     per_class = [
         None if n == 0 else float(h / n) for h, n in zip(per_class_hits.tolist(), per_class_n.tolist())
     ]
-    per_class_predicted = torch.bincount(predicted, minlength=num_classes).double()
+    per_class_predicted = torch.bincount(predicted[finite], minlength=num_classes).double()
     precision = [None if p == 0 else float(h / p)
                  for h, p in zip(per_class_hits.tolist(), per_class_predicted.tolist())]
     recalls = [r for r in per_class if r is not None]
@@ -62,7 +67,9 @@ def accuracy_report(
         "few": group(shot_groups.get("few", [])),
         "balanced_accuracy": sum(recalls) / len(recalls) if recalls else None,
         "macro_f1": sum(f1) / len(f1) if f1 else None,
-        "ece": expected_calibration_error(probs.float(), labels),
+        "ece": (expected_calibration_error(probs[finite].float(), labels[finite])
+                if bool(finite.any()) else None),
+        "non_finite_outputs": int((~finite).sum()),
         "per_class": per_class,
         "per_class_precision": precision,
         "per_class_recall": per_class,
@@ -248,4 +255,8 @@ def report_of(found: RunPredictions) -> dict[str, Any]:
     report.update({"split": found.split, "source": str(found.weights),
                    "epoch": found.meta.get("epoch"), "data": str(found.data.folder),
                    "classes": found.data.classes, "notes": [found.note] if found.note else []})
+    if report["non_finite_outputs"]:
+        report["notes"].append(f"{report['non_finite_outputs']} of {report['num_samples']} images "
+                               "gave non-finite outputs (overflow): counted as wrong, left out of "
+                               "the ECE")
     return report

@@ -456,8 +456,12 @@ class Trainer:
                 row = {"epoch": epoch + 1, **row}
                 for prefix, report in (("test", test), ("val", val)):
                     if report is not None:
-                        for key in ("overall", "many", "medium", "few", "ece"):
-                            row[f"{prefix}_{'top1' if key == 'overall' else key}"] = report[key]
+                        row.update(_report_columns(prefix, report))
+                        if report["non_finite_outputs"] and self.ctx.is_main:
+                            self.emit(Message(
+                                f"epoch {epoch + 1}: {report['non_finite_outputs']} of "
+                                f"{report['num_samples']} {prefix} images gave non-finite "
+                                "outputs (counted as wrong, left out of the ECE)", "warning"))
                 row["bad_steps"] = self.bad_steps
                 self._check_weights_finite(epoch + 1)  # before the metrics row is written
                 if self.ctx.is_main:
@@ -590,6 +594,16 @@ def _with_tensorboard(emit: Callback, cfg: Config, run: RunFolder, ctx):
 
     board = TensorBoardLog(run.path)
     return emitter([emit, board]), board
+
+
+EVAL_COLUMNS = {"overall": "top1", "many": "many", "medium": "medium", "few": "few", "ece": "ece",
+                "balanced_accuracy": "balanced_accuracy", "macro_f1": "macro_f1",
+                "non_finite_outputs": "non_finite"}
+"""metrics.jsonl columns of an evaluation report: `test_top1`, ..., `val_macro_f1`."""
+
+
+def _report_columns(prefix: str, report: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{column}": report[key] for key, column in EVAL_COLUMNS.items()}
 
 
 def run_training(request: TrainRequest, callbacks: Callback | list[Callback] | None = None,
