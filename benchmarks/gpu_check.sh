@@ -76,7 +76,7 @@ echo "== 3. short real runs ($EPOCHS epochs), eager and graphed"
 run concutmix-eager --set 'runtime.step="eager"'
 run concutmix-graphed --set 'runtime.step="graphed"'
 echo "== 4. correctness on the GPU"
-timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_device_augment.py tests/test_models.py \
+timeout 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_device_augment.py tests/test_device_plan.py tests/test_models.py \
   tests/test_losses.py tests/test_rectify.py tests/test_syncfree.py 2>&1 | tail -4 | tee "$OUT_DIR/tests.txt"
 snapshot
 

@@ -3,6 +3,7 @@ exactly the ops its parameters name, the plan travels whole, constants are made 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from concutmix_cli.data.device import DeviceViews
@@ -10,7 +11,8 @@ from concutmix_cli.data.device import stages as S
 from concutmix_cli.data.device.autoaugment import AA_OPS, WARP_MODE, resampling
 from concutmix_cli.data.device.constants import device_constant
 from concutmix_cli.data.device.plan import plan_classify, plan_contrast
-from concutmix_cli.data.device.shipping import ship
+from concutmix_cli.data.device import shipping
+from concutmix_cli.data.device.shipping import ship, stage
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -70,6 +72,47 @@ def test_ship_moves_every_tensor_field_and_keeps_the_rest():
         if isinstance(before, S.Blend):
             assert (after.gray, after.mean) == (before.gray, before.mean)
     assert ship([plan.crop], torch.device("cpu"))[0] is plan.crop  # on the CPU nothing is copied
+
+
+def test_ship_stages_one_flat_copy_per_dtype(monkeypatch):
+    dv = DeviceViews(MEAN, STD)
+    plan = plan_contrast(dv.sample_contrast(64, 32, 32, _gen(2)), dv.recipe)
+    tensors = [t for item in (plan.crop, *plan.stages) for t in item.tensor_fields().values()]
+    staged = []
+
+    def record(host, device):
+        staged.append(host)
+        return host.to(device)
+
+    monkeypatch.setattr(shipping, "stage", record)
+    moved = plan.ship(torch.device("meta"))
+    dtypes = list(dict.fromkeys(t.dtype for t in tensors))
+    assert [h.dtype for h in staged] == dtypes  # every copy goes through `stage`, one per dtype
+    assert [h.numel() for h in staged] == [sum(t.numel() for t in tensors if t.dtype == d)
+                                           for d in dtypes]
+    assert all(t.device.type == "meta" for item in (moved.crop, *moved.stages)
+               for t in item.tensor_fields().values())
+
+
+def test_stage_on_the_cpu_copies_nothing():
+    host = torch.arange(5)
+    assert stage(host, torch.device("cpu")) is host
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stage_on_cuda_goes_through_pinned_memory(monkeypatch):
+    pinned = []
+    original = torch.Tensor.pin_memory
+
+    def pin(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        pinned.append(out.is_pinned())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    host = torch.arange(1000, dtype=torch.int64)
+    moved = stage(host, torch.device("cuda"))
+    assert pinned == [True] and moved.is_cuda and torch.equal(moved.cpu(), host)
 
 
 def test_device_constant_is_made_once_per_key_and_device():

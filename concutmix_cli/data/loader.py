@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from concutmix_cli.data.batch import Batch
+from concutmix_cli.data.device.shipping import stage
 from concutmix_cli.data.prepared import PreparedData, Split
 from concutmix_cli.data.sampling import BatchPlan, EpochPlanner
 from concutmix_cli.data.views import eval_transform, training_views
@@ -261,7 +262,7 @@ class DeviceBatches:
                 classify_index.append(plan.foreground)
         boxes = [plan.box.numpy() for plan in plans if plan.mix]
         host = np.concatenate([*classify_index, *contrast_index, *boxes]).astype(np.int64, copy=False)
-        staged = torch.from_numpy(host).to(self.device, non_blocking=True)  # the chunk's one copy
+        staged = stage(torch.from_numpy(host), self.device)  # the chunk's one copy, through pinned memory
         index0, index_c, box = staged.split([sum(map(len, classify_index)), sum(map(len, contrast_index)),
                                              4 * len(boxes)])
         view0 = views.finish(views.classify_uint8(self.images[index0], classify[0].cat(*classify[1:])))
