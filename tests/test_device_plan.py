@@ -12,7 +12,7 @@ from concutmix_cli.data.device.autoaugment import AA_OPS, WARP_MODE, resampling
 from concutmix_cli.data.device.constants import device_constant
 from concutmix_cli.data.device.plan import plan_classify, plan_contrast
 from concutmix_cli.data.device import shipping
-from concutmix_cli.data.device.shipping import ship, stage
+from concutmix_cli.data.device.shipping import ship
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -96,7 +96,7 @@ def test_ship_stages_one_flat_copy_per_dtype(monkeypatch):
 
 def test_stage_on_the_cpu_copies_nothing():
     host = torch.arange(5)
-    assert stage(host, torch.device("cpu")) is host
+    assert shipping.stage(host, torch.device("cpu")) is host
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -111,7 +111,7 @@ def test_stage_on_cuda_goes_through_pinned_memory(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
     host = torch.arange(1000, dtype=torch.int64)
-    moved = stage(host, torch.device("cuda"))
+    moved = shipping.stage(host, torch.device("cuda"))
     assert pinned == [True] and moved.is_cuda and torch.equal(moved.cpu(), host)
 
 
