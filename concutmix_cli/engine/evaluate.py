@@ -255,8 +255,14 @@ def report_of(found: RunPredictions) -> dict[str, Any]:
     report.update({"split": found.split, "source": str(found.weights),
                    "epoch": found.meta.get("epoch"), "data": str(found.data.folder),
                    "classes": found.data.classes, "notes": [found.note] if found.note else []})
-    if report["non_finite_outputs"]:
-        report["notes"].append(f"{report['non_finite_outputs']} of {report['num_samples']} images "
-                               "gave non-finite outputs (overflow): counted as wrong, left out of "
-                               "the ECE")
+    note = non_finite_note(report, found.split)
+    if note:
+        report["notes"].append(note)
     return report
+
+
+def non_finite_note(report: dict[str, Any], split: str) -> str | None:
+    """What `eval` and training say when some of a split's outputs were not finite; None if none."""
+    n = report["non_finite_outputs"]
+    return None if not n else (f"{n} of {report['num_samples']} {split} images gave non-finite "
+                               "outputs (overflow): counted as wrong, left out of the ECE")

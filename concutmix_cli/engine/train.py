@@ -27,7 +27,7 @@ from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.engine import distributed as dist_utils
 from concutmix_cli.engine import resume, runtime
 from concutmix_cli.engine.checkpoint import RunFolder, read_state, state_bytes, weights_bytes
-from concutmix_cli.engine.evaluate import accuracy_report, predict_sharded
+from concutmix_cli.engine.evaluate import accuracy_report, non_finite_note, predict_sharded
 from concutmix_cli.engine.runlock import RunLock
 from concutmix_cli.engine.step import MethodStep
 from concutmix_cli.engine.syncfree import (COUNT_KEYS, SUM_KEYS, GraphedStep, StepTotals,
@@ -457,11 +457,9 @@ class Trainer:
                 for prefix, report in (("test", test), ("val", val)):
                     if report is not None:
                         row.update(_report_columns(prefix, report))
-                        if report["non_finite_outputs"] and self.ctx.is_main:
-                            self.emit(Message(
-                                f"epoch {epoch + 1}: {report['non_finite_outputs']} of "
-                                f"{report['num_samples']} {prefix} images gave non-finite "
-                                "outputs (counted as wrong, left out of the ECE)", "warning"))
+                        note = non_finite_note(report, prefix)
+                        if note and self.ctx.is_main:
+                            self.emit(Message(f"epoch {epoch + 1}: {note}", "warning"))
                 row["bad_steps"] = self.bad_steps
                 self._check_weights_finite(epoch + 1)  # before the metrics row is written
                 if self.ctx.is_main:
