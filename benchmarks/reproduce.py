@@ -13,15 +13,17 @@ next optimizer step and exit. Then the table is written from the run folders (re
     python benchmarks/reproduce.py --tiny                         # CPU smoke run, seconds
 
 Exit codes: 0 every selected run finished; 3 runs are left (time budget or a stop signal):
-call again; 1 a run or a data preparation failed (its log under OUT/logs names why);
-2 bad arguments or a run folder that holds another run.
+call again; 1 a run or a data preparation failed (its log under OUT/logs names why), or a bug
+(one `error: internal error` line); 2 bad arguments, a run folder that holds another run or is
+damaged, an archive that is not one, an output that may not be written: one `error:` line on
+stderr, checked before anything is trained, unpacked or written.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
+import gzip
 import os
 import shlex
 import shutil
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -47,6 +50,7 @@ from concutmix_cli.engine.resume import changed_settings  # noqa: E402
 from concutmix_cli.engine.runlock import LOCK_NAME  # noqa: E402
 from concutmix_cli.errors import UserError  # noqa: E402
 from concutmix_cli.fileio import atomic_write_text, json_text  # noqa: E402
+from concutmix_cli.outputs import check_outputs  # noqa: E402
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_LEFT = 0, 1, 2, 3
 CIFAR100_NPZ = REPO.parent / "shared" / "data" / "cifar100.npz"
@@ -120,6 +124,19 @@ REFERENCES: dict[str, Reference] = {
 and the final running best of the authors' logs of the same setting."""
 
 
+def parse_only(text: str | None) -> list[str] | None:
+    """--only's run ids: spaces around them and empty entries (a trailing comma) do not count;
+    an --only that names no run at all is refused (an empty shell variable must not select
+    the whole plan)."""
+    if text is None:
+        return None
+    ids = [name.strip() for name in text.split(",") if name.strip()]
+    if not ids:
+        raise UserError(f"--only names no run (got {text!r}); give run ids such as r01,r03, or "
+                        "leave --only out for the whole plan")
+    return ids
+
+
 def select(only: list[str] | None) -> list[Run]:
     """The plan's runs named by `only` (all by default), always in the plan's order."""
     if not only:
@@ -191,19 +208,19 @@ def plan_state(run: Run, out: Path, data_root: Path, tiny: bool) -> Planned:
     planned = Planned(run, folder, data, spec, overrides, cfg.optim.epochs, "new")
     if not folder.exists():
         return planned
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file where run {run.id}'s folder belongs; move it away")
     if not (folder / "config.json").is_file():
-        if folder.is_dir() and all(p.name == LOCK_NAME for p in folder.iterdir()):
+        if all(p.name == LOCK_NAME for p in folder.iterdir()):
             return planned  # a trainer stopped before it wrote anything: `train --out` reuses it
         raise UserError(f"{folder} exists but holds no run (no config.json); move it away")
-    try:
-        saved = upgrade_saved_config(json.loads((folder / "config.json").read_text()))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{folder / 'config.json'}: unreadable ({err})") from None
+    summary = table.summarize(folder)  # every file of the folder checked: damage is refused
+    saved = upgrade_saved_config(table.read_object(folder / "config.json"))
     changes = [c for c in changed_settings(saved, cfg) if not c.startswith("data.path:")]
     if changes:
         raise UserError(f"{folder} holds a run with other settings ({'; '.join(changes[:3])}); "
                         f"use another --out")
-    planned.done = len(table.metrics_rows(folder))
+    planned.done = summary.epochs_done
     planned.state = "finished" if planned.done >= planned.epochs else "resume"
     return planned
 
@@ -388,8 +405,14 @@ class Runner:
         """The sidecar of the run: every call's wall time, card and epochs (the table reads it)."""
         p = child.planned
         path = p.folder / table.SIDECAR
-        sidecar = _read(path) or {"run": p.run.id, "setting": p.run.setting(), "tiny": self.opts.tiny,
-                                  "sessions": []}
+        try:
+            sidecar = table.read_sidecar(p.folder)
+        except UserError as err:  # damaged since the start of the call: kept for a person
+            self.say(f"{p.run.id}: this session is not recorded: {err}")
+            return
+        sidecar = sidecar or {"run": p.run.id, "setting": p.run.setting(), "tiny": self.opts.tiny,
+                              "sessions": []}
+        sidecar.setdefault("sessions", [])
         sidecar["sessions"].append({
             "started": child.started_at, "wall_s": round(time.monotonic() - child.started, 3),
             "card": self.card, "torch": self.torch_version, "parallel": self.opts.parallel,
@@ -462,33 +485,72 @@ def archive_runs(plan: list[Planned], dest: Path, say: Callable[[str], None]) ->
             return info
 
         tmp = dest / f".{p.run.id}.tgz.tmp"
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(p.folder, arcname=p.run.id, filter=keep)
-        os.replace(tmp, dest / f"{p.run.id}.tgz")
+        try:
+            with tarfile.open(tmp, "w:gz") as tar:
+                tar.add(p.folder, arcname=p.run.id, filter=keep)
+            os.replace(tmp, dest / f"{p.run.id}.tgz")
+        except BaseException:  # no half-written archive left behind
+            tmp.unlink(missing_ok=True)
+            raise
     if plan and (plan[0].folder.parent / "table.md").is_file():
         shutil.copyfile(plan[0].folder.parent / "table.md", dest / "table.md")
     say(f"run archives written to {dest}")
 
 
+def _one_line(err: object) -> str:
+    """A message on one line (tarfile's and others' span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def unpack(archive: Path, staging: Path, run_id: str) -> Path:
+    """Unpack `archive` into `staging`; the run folder it holds. One line for an archive that is
+    not one (tarfile's own message spans lines), is cut short (EOFError, not a TarError), is
+    damaged, reaches outside its folder or holds no run `run_id`."""
+    again = "copy it again from the machine that wrote it"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(staging, filter="data")
+    except EOFError as err:
+        raise UserError(f"{archive}: cut short ({_one_line(err)}); {again}") from None
+    except tarfile.FilterError as err:
+        raise UserError(f"{archive}: not an archive of a run folder ({_one_line(err)}); give "
+                        "the folder that --archive wrote") from None
+    except tarfile.ReadError as err:
+        raise UserError(f"{archive}: not a gzip tar archive, or a damaged one "
+                        f"({_one_line(err)}); give the folder that --archive wrote") from None
+    except (tarfile.TarError, zlib.error, gzip.BadGzipFile) as err:
+        raise UserError(f"{archive}: damaged ({_one_line(err)}); {again}") from None
+    incoming = staging / run_id
+    if not (incoming / "config.json").is_file():
+        raise UserError(f"{archive}: holds no run {run_id} (no {run_id}/config.json); give the "
+                        "folder that --archive wrote")
+    return incoming
+
+
 def restore_runs(plan: list[Planned], src: Path, out: Path, say: Callable[[str], None]) -> None:
     """Unpack SRC/<id>.tgz (written by --archive on another machine) for the runs of the
     selection. An existing run folder is replaced only by a later state of the same run (more
-    epochs, same settings); otherwise it is kept as it is."""
-    for p in plan:
-        archive = src / f"{p.run.id}.tgz"
-        if not archive.is_file():
-            continue
-        staging = out / f".{p.run.id}.restore.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(staging, filter="data")
-            incoming = staging / p.run.id
+    epochs, same settings); otherwise it is kept as it is. Every archive is unpacked and checked
+    before any run folder is replaced: one bad archive restores nothing."""
+    staged: list[tuple[Planned, Path, Path]] = []
+    created = not out.exists()
+    try:
+        for p in plan:
+            archive = src / f"{p.run.id}.tgz"
+            if not archive.is_file():
+                continue
+            staging = out / f".{p.run.id}.restore.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            staged.append((p, archive, staging))
+            unpack(archive, staging, p.run.id)
             try:
                 plan_state(p.run, staging, p.data.parent, p.data_spec.tiny)
-            except UserError as err:
-                raise UserError(f"{archive}: {err}") from None
+            except UserError as err:  # named inside the archive, not in the staging folder
+                why = str(err).replace(f"{staging}{os.sep}", "").replace(f"; {table.FIX}", "")
+                raise UserError(f"{archive}: {why}; nothing was restored") from None
+        for p, archive, staging in staged:
+            incoming = staging / p.run.id
             here, there = len(table.metrics_rows(p.folder)), len(table.metrics_rows(incoming))
             if p.folder.exists() and here >= there:
                 say(f"{p.run.id}: {p.folder} has {here} epochs, the archive {there}: kept")
@@ -501,10 +563,14 @@ def restore_runs(plan: list[Planned], src: Path, out: Path, say: Callable[[str],
             else:
                 os.replace(incoming, p.folder)
             say(f"{p.run.id}: restored from {archive} ({there} epochs)")
-        except (tarfile.TarError, OSError) as err:
-            raise UserError(f"{archive}: cannot restore ({err})") from None
-        finally:
+    except OSError as err:
+        where = f": {err.filename}" if err.filename else ""
+        raise UserError(f"--restore {src}: cannot restore ({err.strerror or err}{where})") from None
+    finally:
+        for _, _, staging in staged:
             shutil.rmtree(staging, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing restored: no trace of the attempt
 
 
 # ----------------------------------------------------------------------------- the table
@@ -551,17 +617,76 @@ def _reference_json(ref: Reference | None) -> dict[str, Any] | None:
     return {"text": ref.text, "top1": ref.top1, "groups": ref.groups, "logs": ref.logs}
 
 
+def _under(path: Path, folder: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _check_parent(option: str, path: Path) -> None:
+    """The nearest existing folder above `path` is a folder (else the write fails half way)."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+            return
+
+
+def output_targets(opts: Options) -> dict[str, Path]:
+    """The files this call writes (the table in --out, --json, --doc), checked before any work
+    (outputs.check_outputs: no folder, special file or file a run or a dataset owns, no two
+    onto one file), none inside a run folder or the logs; {what: the path to write}."""
+    outputs: dict[str, Path | None] = {}
+    if not opts.out.exists() or opts.out.is_dir():
+        outputs.update({"table.md": opts.out / "table.md", "table.json": opts.out / "table.json"})
+    outputs.update({"--json": opts.json_out, "--doc": opts.doc})
+    ours = [opts.out / r.id for r in PLAN] + [opts.out / "logs", opts.out / ".mps"]
+    for option in ("--json", "--doc"):
+        path = outputs[option]
+        if path is None:
+            continue
+        _check_parent(option, path)
+        for folder in ours:
+            if _under(path, folder):
+                raise UserError(f"{option} {path} is inside {folder}, which this script keeps; "
+                                "write it outside the run folders and logs")
+    return check_outputs(outputs, force=True)  # the script's outputs are replaced each call
+
+
 def write_outputs(opts: Options, say: Callable[[str], None]) -> None:
+    """The table into OUT/table.md and table.json, --json and --doc; everything is worked out
+    and checked before the first file is written."""
     markdown, data = build_table(opts)
+    text = json_text(data, indent=2) + "\n"
+    targets = output_targets(opts)
+    writes = {}
     if opts.out.is_dir():
-        atomic_write_text(opts.out / "table.md", markdown)
-        atomic_write_text(opts.out / "table.json", json_text(data, indent=2) + "\n")
+        writes.update({targets["table.md"]: markdown, targets["table.json"]: text})
     if opts.json_out is not None:
-        atomic_write_text(opts.json_out, json_text(data, indent=2) + "\n")
+        writes[targets["--json"]] = text
     if opts.doc is not None:
-        atomic_write_text(opts.doc, table.replace_between_markers(opts.doc.read_text(), markdown))
+        writes[targets["--doc"]] = table.replace_between_markers(read_doc(opts.doc), markdown)
+    for path, content in writes.items():
+        atomic_write_text(path, content)
+    if opts.doc is not None:
         say(f"table written into {opts.doc}")
+    for entry in data["runs"]:
+        for note in entry.get("notes", []):
+            say(f"{entry['id']}: note: {note}")
     sys.stdout.write(markdown)
+
+
+def read_doc(doc: Path) -> str:
+    """--doc's text, with one line if it cannot be read or has no single pair of markers."""
+    try:
+        text = doc.read_text(encoding="utf-8")
+        table.replace_between_markers(text, "")
+    except UnicodeDecodeError:
+        raise UserError(f"--doc {doc}: not UTF-8 text; give the Markdown file that holds the "
+                        "table's markers") from None
+    except OSError as err:
+        raise UserError(f"--doc {doc}: cannot read ({err.strerror or err})") from None
+    except ValueError as err:
+        raise UserError(f"--doc {doc}: {err}") from None
+    return text
 
 
 # ----------------------------------------------------------------------------- command line
@@ -620,12 +745,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
         if path is not None and not path.is_file():
             raise UserError(f"{flag} {path}: no such file")
     if args.doc is not None:
-        try:
-            table.replace_between_markers(args.doc.read_text(), "")
-        except OSError as err:
-            raise UserError(f"--doc {args.doc}: cannot read ({err.strerror})") from None
-        except ValueError as err:
-            raise UserError(f"--doc {args.doc}: {err}") from None
+        read_doc(args.doc)
     opts = Options(
         out=args.out or Path("runs/reproduce-tiny" if args.tiny else "runs/reproduce"),
         data_root=args.data_root, tiny=args.tiny, parallel=args.parallel,
@@ -636,6 +756,18 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     )
     if opts.restore is not None and not opts.restore.is_dir():
         raise UserError(f"--restore {opts.restore}: no such folder")
+    for flag, folder in (("--out", opts.out), ("--data-root", opts.data_root),
+                         ("--archive", opts.archive)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise UserError(f"{flag} {folder} is a file; give a folder")
+        if folder is not None:
+            _check_parent(flag, folder)
+    if opts.archive is not None and (
+            os.path.realpath(opts.archive) == os.path.realpath(opts.out)
+            or any(_under(opts.archive, opts.out / r.id) for r in PLAN)):
+        raise UserError(f"--archive {opts.archive} is --out or inside a run folder; write the "
+                        "archives to a folder of their own")
+    output_targets(opts)  # before any work
     if opts.time_budget is not None and opts.time_budget <= opts.stop_grace:
         raise UserError(f"--time-budget {opts.time_budget:g} must exceed --stop-grace {opts.stop_grace:g}")
     return args, opts
@@ -654,7 +786,9 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     try:
         args, opts = parse_args(sys.argv[1:] if argv is None else argv)
-        runs = select(args.only.split(",") if args.only else None)
+        runs = select(parse_only(args.only))
+        if not args.dry_run:
+            build_table(opts)  # every run folder of the plan readable, before any work
         if opts.restore is not None and not args.dry_run:
             restore_runs([plan_state(r, opts.out, opts.data_root, opts.tiny) for r in runs],
                          opts.restore, opts.out, say)
@@ -679,8 +813,16 @@ def main(argv: list[str] | None = None) -> int:
         if opts.archive is not None:
             archive_runs(plan, opts.archive, say)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # the file system said no (a full disk, permissions): the user's
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {_one_line(err.strerror or err)}{where}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # noqa: BLE001 - a bug, not bad input: still one line
+        print(f"error: internal error: {type(err).__name__}: {_one_line(err)} (please report "
+              "it)", file=sys.stderr)
+        return EXIT_FAILED
     left = [p.run.id for p in plan if len(table.metrics_rows(p.folder)) < p.epochs]
     if runner.failed:
         say("failed: " + "; ".join(runner.failed))
@@ -689,13 +831,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"left for the next call: {', '.join(left)}")
         return EXIT_LEFT
     return EXIT_DONE
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _last_line(path: Path) -> str:

@@ -21,6 +21,7 @@ from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
 from concutmix_cli.events import StopFlag
 from concutmix_cli.fileio import json_text
+from concutmix_cli.process import Signalled, safe_streams, termination_signals
 
 app = typer.Typer(
     add_completion=False,
@@ -100,6 +101,8 @@ def prepare(
             test_fraction=test_fraction, skip_bad=skip_bad, callbacks=bar,
         )
     _print_prepare_summary(result.out, result.manifest)
+    for note in result.notes:
+        _warn("note", note)
 
 
 def _print_prepare_summary(out: Path, manifest: dict) -> None:
@@ -154,6 +157,14 @@ def _print_own_summary(table: Table, manifest: dict) -> None:
         _warn("note", note)
     for skipped in manifest.get("skipped", []):
         _warn("skipped", f"{skipped['path']} ({skipped['reason']})")
+
+
+def _print_messages(event) -> None:
+    """A library's `Message` events (notes) as stderr lines; other events are not for us."""
+    from concutmix_cli.events import Message
+
+    if isinstance(event, Message):
+        _warn(event.kind or "note", event.text)
 
 
 def _warn(kind: str, text: str) -> None:
@@ -234,15 +245,16 @@ def evaluate(
         None, "--plot", help="also draw per-class accuracy, the confusion matrix and (for a run "
         "folder) the learning curves into this folder (needs the plot extra)"),
     plot_format: str = typer.Option("png", "--format", help="--plot: png, svg or pdf"),
-    force: bool = typer.Option(False, help="--plot: replace pictures that exist"),
+    force: bool = typer.Option(False, help="replace an --out file or --plot pictures that exist"),
 ) -> None:
     """Top-1 overall, many/medium/few, balanced accuracy, macro-F1, per-class precision and
     recall, and ECE of trained weights."""
     from concutmix_cli.engine.evaluate import predict_run, report_of
-    from concutmix_cli.outputs import check_outputs
+    from concutmix_cli.outputs import check_outputs, recorded_data
     from concutmix_cli.progress import WorkBar, print_table
 
-    check_outputs({"--out": out}, reads=[run, *([data] if data else [])])  # before any work
+    out = check_outputs({"--out": out}, reads=[run, *([data] if data else [])], force=force,
+                        data=[data or recorded_data(run)]).get("--out")  # before any work
     if plot is not None:
         picture_plan = _eval_picture_plan(run, plot, plot_format, force, data)
     with WorkBar(err_console) as bar:
@@ -258,7 +270,7 @@ def evaluate(
     if out is not None:
         from concutmix_cli.fileio import atomic_write_text
 
-        atomic_write_text(Path(out), json_text(report, indent=2))
+        atomic_write_text(out, json_text(report, indent=2))
     if as_json:
         typer.echo(json_text(report))
         return
@@ -301,17 +313,20 @@ def _print_per_class(report: dict) -> None:
 
 def _eval_picture_plan(run: Path, folder: Path, fmt: str, force: bool, data: Optional[Path]):
     """`eval --plot`'s label and metrics rows, with its target files checked before any work."""
-    from concutmix_cli.outputs import is_run_folder
+    from concutmix_cli.outputs import is_run_folder, recorded_data
     from concutmix_cli.plots import FORMATS, check_targets, planned_files, require_matplotlib
     from concutmix_cli.runs import read_run
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     require_matplotlib()
-    rows = read_run(run).rows if run.is_dir() and is_run_folder(run) else []
+    record = read_run(run) if run.is_dir() and is_run_folder(run) else None
+    rows = record.rows if record is not None else []
+    for note in record.notes if record is not None else []:
+        _warn("note", note)
     label = (run.resolve().name if run.is_dir() else run.stem) or "run"
     check_targets(planned_files(folder, [label], fmt, True, bool(rows)), force,
-                  [run, *([data] if data else [])])
+                  [run, *([data] if data else [])], [data or recorded_data(run)])
     return label, rows
 
 
@@ -331,19 +346,22 @@ def inspect_labels(
     csv: Optional[Path] = typer.Option(None, help="write one row per sample"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    force: bool = typer.Option(False, help="replace --out / --image / --csv files that exist"),
 ) -> None:
     """Show what label rectification does to real mixed samples."""
     from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
     from concutmix_cli.inspect import MAX_TILES, check_num, dump_bytes, grid_png_bytes, inspect_run
     from concutmix_cli.inspect import rows_csv_text
-    from concutmix_cli.outputs import check_outputs
+    from concutmix_cli.outputs import check_outputs, recorded_data
 
     check_num(num)  # before any work, as the other checks of the options
     if image is not None and num > MAX_TILES:
         raise UserError(f"--image draws at most {MAX_TILES} tiles (got --num {num:,}); use a "
                         f"smaller --num with --image, or --csv / --out for many samples")
-    check_outputs({"--out": out, "--image": image, "--csv": csv},
-                  reads=[run, *([data] if data else [])])
+    targets = check_outputs({"--out": out, "--image": image, "--csv": csv},
+                            reads=[run, *([data] if data else [])], force=force,
+                            data=[data or recorded_data(run)])
+    out, image, csv = (targets.get(option) for option in ("--out", "--image", "--csv"))
     from concutmix_cli.progress import WorkBar
 
     with WorkBar(err_console) as bar:  # a bar only for draws long enough to need one
@@ -430,15 +448,19 @@ def predict(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="leave out unreadable images "
                                   "(named on stderr) instead of stopping"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    force: bool = typer.Option(False, help="replace an --out file that exists"),
 ) -> None:
     """Top-k classes, by name, with probabilities for new images."""
     from concutmix_cli.fileio import atomic_write_text
+    from concutmix_cli.inference import (collect_images, predict_images, predictions_csv,
+                                         predictions_json)
     from concutmix_cli.outputs import check_outputs
-    from concutmix_cli.inference import predict_images, predictions_csv, predictions_json
 
     if as_json and as_csv:
         raise UserError("--json and --csv: choose one output format")
-    check_outputs({"--out": out}, reads=[run, *images])
+    if out is not None:  # the images themselves, also those a folder or a .txt list names
+        out = check_outputs({"--out": out}, reads=[run, *images, *collect_images(list(images))],
+                            force=force)["--out"]
     from concutmix_cli.progress import WorkBar
 
     with WorkBar(err_console) as bar:
@@ -472,13 +494,12 @@ def export(
     run: Path = typer.Argument(..., help="a run folder or a .safetensors weights file"),
     format_: str = typer.Option(..., "--format", help="torchscript or onnx (needs the onnx extra)"),
     out: Path = typer.Option(..., help="the file to write"),
+    force: bool = typer.Option(False, help="replace an --out file that exists"),
 ) -> None:
     """The classifier (normalization inside) as TorchScript or ONNX, checked by loading it back."""
     from concutmix_cli.exporter import export_model
-    from concutmix_cli.outputs import check_outputs
 
-    check_outputs({"--out": out}, reads=[run])
-    result = export_model(run, format_, out)
+    result = export_model(run, format_, out, force=force)  # checks --out before any work
     if result.max_difference is not None:
         console.print(f"wrote {escape(str(result.out))} ({result.format}); loaded back with "
                       f"{result.checked_with}: logits within {result.max_difference:.1e} of the "
@@ -506,7 +527,7 @@ def plot(
 
     with WorkBar(err_console) as bar:
         written = plot_runs(list(runs), out, plot_format, split=split, device=device,
-                            force=force, callbacks=bar)
+                            force=force, callbacks=[bar, _print_messages])
     for what, path in written.items():
         console.print(f"{what}: {escape(str(path))}", highlight=False)
 
@@ -603,6 +624,12 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
+    safe_streams()
+    with termination_signals():
+        _run(debug)
+
+
+def _run(debug: bool) -> None:
     click_exc = _click_exceptions()
     try:
         # not standalone: usage errors come back to us instead of as click's boxed message
@@ -623,6 +650,9 @@ def main() -> None:
             raise
         err_console.print("[bold red]interrupted[/]", highlight=False)
         sys.exit(130)
+    except Signalled as err:
+        err_console.print(f"[bold red]interrupted[/] ({err.name})", highlight=False)
+        sys.exit(err.exit_code)
     except Exception as err:  # noqa: BLE001 - a bug, not bad input: still one line, exit 1
         if debug:
             raise

@@ -121,15 +121,20 @@ def _check(fmt: str, data: bytes, module: nn.Module, side: int) -> tuple[float |
     return max(float((g - e).abs().max()) for g, e in zip(got, expected)) / scale, checker, None
 
 
-def export_model(run_or_weights: Path, fmt: str, out: Path) -> ExportResult:
+def export_model(run_or_weights: Path, fmt: str, out: Path, *, force: bool = False) -> ExportResult:
     """Write the classifier of `run_or_weights` to `out` in `fmt`, then load it back and compare
-    logits; a difference above `TOLERANCE` is an error and nothing is left at `out`."""
+    logits; a difference above `TOLERANCE` is an error and nothing is left at `out`. `out` is
+    checked first (outputs.check_outputs): never the run's files, the weights or a dataset's, and
+    an existing file only with `force`."""
     from concutmix_cli.engine.evaluate import load_trained_model, resolve_weights
     from concutmix_cli.inference import model_preprocess
+    from concutmix_cli.outputs import check_outputs, recorded_data
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     weights = resolve_weights(run_or_weights)
+    out = check_outputs({"out": out}, reads=[run_or_weights, weights], force=force,
+                        data=[recorded_data(run_or_weights)])["out"]
     net, cfg, meta = load_trained_model(weights, torch.device("cpu"))
     preprocess = model_preprocess(meta, cfg, weights)
     module = Classifier(net, preprocess["mean"], preprocess["std"]).eval()

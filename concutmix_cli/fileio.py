@@ -7,9 +7,12 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from concutmix_cli.errors import UserError
 
 TMP_SUFFIX = ".tmp"
 
@@ -30,6 +33,7 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary name in the same folder, flush, fsync, then rename over `path`."""
     path = Path(path)
+    _refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -51,6 +55,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise _naming(err, path) from err
         raise
     _fsync_dir(path.parent)
+
+
+def _refuse_special(path: Path) -> None:
+    """The rename would replace a symlink, device, FIFO or socket at `path` with a regular file
+    (as root, `/dev/null` itself): refuse. Outputs a user names are resolved and checked before
+    (outputs.check_outputs); this is the last line of defence for every writer."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path} is not a regular file (a link, device, FIFO or socket); "
+                        "refusing to replace it: write to a regular file")
 
 
 def _naming(err: OSError, path: Path) -> OSError:
@@ -117,3 +134,50 @@ def json_text(obj: Any, **kwargs: Any) -> str:
             raise
         raise ValueError(f"refusing to write a non-finite number (NaN or Infinity) at '{where}' "
                          "as JSON") from None
+
+
+def read_json_lines(path: Path | str) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of a JSON-lines file (metrics.jsonl) up to the first line that is not a JSON
+    object, and where the reading stopped (None: every line was read), as words for a note:
+    "line 3 is not JSON (cut short, as by a crash?); read the 2 rows before it".
+
+    One reader for every reader of metrics.jsonl (train, report, plot, the reproduction table),
+    so that they agree: a line cut by a kill costs that row (train redoes its epoch), never the
+    rows before it. Blank lines are skipped. NaN and Infinity are not JSON (our writers never
+    write them, other tools reject them) and stop the reading like any other bad line. An
+    unreadable file is the caller's OSError; undecodable bytes make their line unreadable."""
+
+    def refuse_non_finite(token: str) -> float:
+        raise ValueError(f"{token} is not JSON")
+
+    def finite_float(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"{token} is out of range")
+        return value
+
+    lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    rows: list[dict[str, Any]] = []
+    for position, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line, parse_constant=refuse_non_finite, parse_float=finite_float)
+        except json.JSONDecodeError:
+            last = position == len(numbered) - 1
+            why = "not JSON" + (" (cut short, as by a crash?)" if last else "")
+        except ValueError as err:  # NaN, Infinity, 1e999
+            why = f"not JSON ({err})"
+        except RecursionError:
+            why = "not JSON (nested too deeply)"
+        else:
+            if isinstance(row, dict):
+                rows.append(row)
+                continue
+            kind = "null" if row is None else {list: "a list", str: "a string",
+                                                bool: "a boolean"}.get(type(row), "a number")
+            why = f"not a JSON object ({kind})"
+        after = len(numbered) - position - 1
+        return rows, (f"line {number} is {why}; "
+                      + (f"read the {len(rows)} row(s) before it" if rows else "no row before it")
+                      + (f", not the {after} line(s) after it" if after else ""))
+    return rows, None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv as _csv
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,37 +41,54 @@ class Predictions:
 
 
 def collect_images(inputs: list[Path]) -> list[Path]:
-    """The image files that `inputs` name, in order, each once."""
+    """The image files that `inputs` name, in order, each once: a file reached twice (a link
+    loop in a folder, a link or a hard link to an image already found) is predicted once. Only
+    folders are searched and only regular files are read as lists; anything else given is an
+    image, which the decoder reports if it is none (a FIFO is never opened)."""
+    from concutmix_cli.data.images import file_identity, shown_path, walk_files
+
     found: list[Path] = []
+    seen: set[object] = set()
+
+    def add(path: Path, identity: tuple[int, int] | None) -> None:
+        key = identity if identity is not None else os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
     for given in inputs:
         path = Path(given)
-        if path.is_dir():
-            for parent, dirs, files in os.walk(path, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [Path(parent) / f for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-        elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            raise UserError(f"{shown_path(path)}: not found (give image files, folders of images, "
+                            "or a .txt list of image paths)") from None
+        if stat.S_ISDIR(mode):
+            for file in walk_files(path):
+                if file.path.name.lower().endswith(IMAGE_EXTENSIONS):
+                    add(file.path, file.identity)
+        elif path.suffix.lower() in LIST_SUFFIXES and stat.S_ISREG(mode):
             try:
                 lines = path.read_text(encoding="utf-8-sig").splitlines()
             except (OSError, UnicodeDecodeError) as err:
-                raise UserError(f"list file {path}: cannot read ({err})") from None
-            found += [Path(line.strip()) if os.path.isabs(line.strip())
-                      else path.parent / line.strip() for line in lines if line.strip()]
-        elif path.is_file():
-            found.append(path)
+                raise UserError(f"list file {shown_path(path)}: cannot read "
+                                f"({shown_path(str(err))})") from None
+            for line in (line.strip() for line in lines):
+                if line:
+                    listed = Path(line) if os.path.isabs(line) else path.parent / line
+                    add(listed, file_identity(listed))
         else:
-            raise UserError(f"{path}: not found (give image files, folders of images, or a "
-                            f".txt list of image paths)")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise UserError(f"no images found in {', '.join(str(i) for i in inputs)} (folders "
+            add(path, file_identity(path))
+    if not found:
+        raise UserError(f"no images found in {', '.join(shown_path(i) for i in inputs)} (folders "
                         f"contribute files ending in {', '.join(IMAGE_EXTENSIONS)})")
-    return unique
+    return found
 
 
 class _Images(Dataset):
     """(input tensor, position, error) per image; an unreadable image gives its error text and a
-    zero tensor, so one bad file does not stop a batch (the caller reports it)."""
+    zero tensor, so one bad file does not stop a batch (the caller reports it). Decoding is
+    `images.decode_rgb`: regular files only, 16-bit data scaled to 8 bits."""
 
     def __init__(self, paths: list[Path], transform, side: int):
         self.paths, self.transform, self.side = paths, transform, side
@@ -79,14 +97,12 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
-        from concutmix_cli.data.own import decode
+        from concutmix_cli.data.images import UnreadableImage, decode_rgb, reason_of
 
         try:
-            return self.transform(decode(str(self.paths[index]))), index, ""
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            return torch.zeros(3, self.side, self.side), index, " ".join(str(err).split()) or "unreadable"
+            return self.transform(decode_rgb(self.paths[index])), index, ""
+        except (OSError, UnreadableImage) as err:
+            return torch.zeros(3, self.side, self.side), index, reason_of(err)
 
 
 def model_preprocess(meta: dict[str, Any], cfg, weights: Path) -> dict[str, Any]:
@@ -106,6 +122,7 @@ def predict_images(run_or_weights: Path, images: list[Path], *, top_k: int = 5,
                    batch_size: int = 64, device: str = "auto", num_workers: int = -1,
                    skip_bad: bool = False, callbacks=None) -> Predictions:
     """Top-k classes with softmax probabilities of each image (see the module docstring)."""
+    from concutmix_cli.data.images import shown_path
     from concutmix_cli.data.loader import default_num_workers
     from concutmix_cli.data.views import input_transform
     from concutmix_cli.data.workers import LOADER_TIMEOUT_S, guarded
@@ -141,7 +158,7 @@ def predict_images(run_or_weights: Path, images: list[Path], *, top_k: int = 5,
             probs = model(x.to(torch_device), project=False).logits.float().softmax(dim=1).cpu()
             values, indices = probs.topk(top_k, dim=1)
             for i, position in enumerate(positions.tolist()):
-                path = str(paths[position])
+                path = shown_path(paths[position])  # undecodable name bytes escaped: printable
                 if errors[i]:
                     skipped.append({"path": path, "reason": errors[i]})
                     continue
@@ -153,7 +170,7 @@ def predict_images(run_or_weights: Path, images: list[Path], *, top_k: int = 5,
         raise UserError(f"{len(skipped)} of {len(paths)} images are not readable ({shown}"
                         f"{', ...' if len(skipped) > _SHOW else ''}; first: "
                         f"{skipped[0]['reason']}); remove them or pass --skip-bad")
-    return Predictions(rows, skipped, str(weights), meta.get("epoch"), top_k)
+    return Predictions(rows, skipped, shown_path(weights), meta.get("epoch"), top_k)
 
 
 def predictions_json(result: Predictions) -> dict[str, Any]:

@@ -1,14 +1,25 @@
-"""Where a command may write its output files (`eval --out`, `inspect-labels --out/--image/--csv`).
+"""Where a command may write an output file: the one check every command and every library
+function that writes a file runs before any work (`eval --out`, `inspect-labels --out/--image/
+--csv`, `predict --out`, `export --out` / `api.export`, the pictures of `plot` / `eval --plot`).
 
 Why: an output path is the user's choice, and a typo must not destroy what the command reads
-(`eval RUN --out RUN/last.safetensors` once replaced the model with JSON), a file that a run or a
-prepared dataset owns, or another output of the same command. Checked before any work is done.
+(`eval RUN --out RUN/last.safetensors` once replaced the model with JSON; `predict RUN imgs/
+--out imgs/a.png` replaced an input image), a file that a run or a prepared dataset owns, a
+special file (a device, a FIFO, a terminal behind /proc/self/fd/1: the atomic temp-and-rename
+would replace the node with a regular file), or another output of the same command. An existing
+unrelated file is replaced only with `force` (`--force`), the same rule for every command.
+
+The check returns the path to write: a symlink to a regular file is written through (the link
+stays and points to the new content), as `cp` and shell redirection do.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from pathlib import Path
+from typing import Iterable
 
 from concutmix_cli.errors import UserError
 
@@ -42,6 +53,19 @@ def owner_of(path: Path) -> str | None:
     return None
 
 
+def special_kind(path: Path) -> str | None:
+    """What `path` is when it exists and is not a regular file or folder (links followed)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return None
+
+
 def _same_file(a: Path, b: Path) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -51,26 +75,99 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_outputs(outputs: dict[str, Path | None], reads: list[Path]) -> None:
-    """Raise UserError if an output is a folder, a file this command reads, a file a run or a
-    prepared dataset owns, or the same file as another output."""
-    seen: dict[str, Path] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        path = Path(path)
+def dataset_images(folder: Path | None) -> tuple[str, frozenset[str]] | None:
+    """(image root, the relative paths its split lists name) of a prepared dataset that keeps
+    image files (ImageNet-like lists, a user's large images), so that no output lands on one of
+    them; None for other folders. Best effort: an unreadable folder names no images."""
+    if folder is None:
+        return None
+    try:
+        body = json.loads((Path(folder) / "manifest.json").read_text())
+        if body.get("kind") != "lists" or not body.get("root"):
+            return None
+        names: set[str] = set()
+        for listed in (body.get("splits") or {}).values():
+            if isinstance(listed, str) and "/" not in listed:
+                text = (Path(folder) / listed).read_text(encoding="utf-8")
+                names |= {os.path.normpath(line.strip().rsplit(None, 1)[0])
+                          for line in text.splitlines() if len(line.split()) > 1}
+        return os.path.realpath(body["root"]), frozenset(names)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def recorded_data(run_or_weights: Path) -> Path | None:
+    """The data folder a run folder (its config.json) or a weights file (its metadata) trained
+    on, for the output check; None when it cannot be told (the command reports that itself)."""
+    path = Path(run_or_weights)
+    try:
         if path.is_dir():
-            raise UserError(f"{option} {path} is a folder; give a file name")
-        for source in reads:
-            if _same_file(path, source):
-                raise UserError(f"{option} {path} is {source}, which this command reads; write "
-                                "the output to another file")
+            config = json.loads((path / "config.json").read_text())
+        else:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as handle:
+                config = json.loads((handle.metadata() or {}).get("config", "null"))
+        return Path(config["data"]["path"])
+    except Exception:  # noqa: BLE001 - best effort; loading the run reports what is wrong
+        return None
+
+
+def check_outputs(outputs: dict[str, Path | None], reads: Iterable[Path] = (), *,
+                  force: bool = False, data: Iterable[Path | None] = ()) -> dict[str, Path]:
+    """Refuse, before any work, an output that is a folder, a special file, a file this command
+    reads (`reads`, or an image that a prepared dataset in `data` names), a file a run or a
+    prepared dataset owns, the same file as another output, or (without `force`) any other file
+    that exists. Returns {option: the path to write}, symlinks resolved. `option` is the
+    command-line option (`--out`) or the library parameter (`out`) the message names."""
+    reads = [Path(r) for r in reads]
+    image_sets = [found for found in map(dataset_images, data) if found is not None]
+    seen: dict[str, Path] = {}
+    targets: dict[str, Path] = {}
+    for option, given in outputs.items():
+        if given is None:
+            continue
+        path = Path(given)
+
+        def refuse(why: str) -> UserError:
+            return UserError(f"{option} {path} {why}",
+                             param=None if option.startswith("-") else option)
+
+        if path.is_dir():
+            raise refuse("is a folder; give a file name")
+        above = next((p for p in Path(os.path.abspath(path)).parents if os.path.exists(p)), None)
+        if above is not None and not above.is_dir():
+            raise refuse(f"cannot be created: {above} is a file, not a folder")
+        kind = special_kind(path)
+        if kind is not None:
+            raise refuse(f"is a {kind}, not a regular file; outputs are written to regular files "
+                         "only (writing would replace the node): give a file path")
+        real = os.path.realpath(path)
+        if os.path.exists(path) and not os.path.exists(real):
+            # /proc/self/fd/1 and the like: a link to an open pipe or deleted file, which no
+            # path names; writing "through" it would create a stray file
+            raise refuse("is a link to an open file of a process, not to a file path; give a "
+                         "file path")
         owner = owner_of(path)
         if owner is not None:
-            raise UserError(f"{option} {path} belongs to the {owner}; write the output outside "
-                            "it (or under another name)")
+            raise refuse(f"belongs to the {owner}; write the output outside it (or under "
+                         "another name)")
+        for source in reads:
+            if _same_file(path, source):
+                raise refuse(f"is {source}, which this command reads; write the output to "
+                             "another file")
+        for root, names in image_sets:
+            inside = os.path.relpath(real, root)
+            if not inside.startswith(os.pardir) and inside in names:
+                raise refuse(f"is an image of the dataset this command reads (under {root}); "
+                             "write the output to another file")
         for other, earlier in seen.items():
             if _same_file(path, earlier):
                 raise UserError(f"{option} and {other} name the same file {path}; give each "
                                 "output its own file")
+        if os.path.exists(path) and not force:
+            raise refuse("already exists; replace it with --force (force=True in Python), or "
+                         "choose another file")
         seen[option] = path
+        targets[option] = Path(real)
+    return targets

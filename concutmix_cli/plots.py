@@ -9,6 +9,7 @@ global state) and written atomically.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,8 @@ def write_pictures(pictures: list[RunPicture], out: Path, fmt: str = "png") -> d
             figures[f"confusion {pic.label}"] = confusion_figure(pic)
     if with_curves:
         figures["learning curves"] = curves_figure([p for p in pictures if p.rows])
-    for what, path in files.items():
-        atomic_write_bytes(path, figure_bytes(figures[what], fmt))
+    for what, path in files.items():  # through a symlink to a regular file, as checked
+        atomic_write_bytes(Path(os.path.realpath(path)), figure_bytes(figures[what], fmt))
     return files
 
 
@@ -241,38 +242,46 @@ def picture_of(label: str, rows: list[dict[str, Any]], found) -> RunPicture:
                       confusion_matrix(found.probs.argmax(dim=1), found.labels, num_classes))
 
 
-def check_targets(files: dict[str, Path], force: bool, reads: list[Path]) -> None:
+def check_targets(files: dict[str, Path], force: bool, reads: list[Path],
+                  data: list[Path | None] = ()) -> None:
     """Before any work: no picture replaces a file unless `force`, and never one that a run or
-    a prepared dataset owns or that the command reads."""
+    a prepared dataset owns, a special file, or one the command reads (outputs.check_outputs)."""
     from concutmix_cli.outputs import check_outputs
 
     for path in files.values():
         if path.parent.exists() and not path.parent.is_dir():
             raise UserError(f"--out {path.parent} is a file; give a folder for the pictures")
-        if path.exists() and not force:
-            raise UserError(f"{path} already exists; pass --force to replace it, or another --out")
     for path in files.values():
-        check_outputs({"--out": path}, reads=list(reads))
+        check_outputs({"--out": path}, reads=list(reads), force=force, data=data)
 
 
 def plot_runs(paths: list[Path], out: Path, fmt: str = "png", split: str = "test",
               device: str = "auto", force: bool = False, callbacks=None) -> dict[str, Path]:
     """Evaluate each run's last.safetensors on `split` and draw the pictures into `out`
-    (per-class accuracy and learning curves of all runs, a confusion matrix each)."""
+    (per-class accuracy and learning curves of all runs, a confusion matrix each). `callbacks`
+    receive `WorkProgress` events and a `Message` per note on a run's metrics."""
     from concutmix_cli.engine.evaluate import predict_run
     from concutmix_cli.runs import read_runs
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     require_matplotlib()  # before the evaluations
+    from concutmix_cli.outputs import recorded_data
+
     records = read_runs(paths)
     check_targets(planned_files(out, [r.label for r in records], fmt, True, True), force,
-                  [Path(p) for p in paths])
+                  [Path(p) for p in paths], [recorded_data(Path(p)) for p in paths])
     first_counts = records[0].manifest.get("train_counts")
     for record in records[1:]:
         if record.manifest.get("train_counts") != first_counts:
             raise UserError(f"{record.path} trained on other data than {records[0].path} "
                             "(other class counts); plot runs of one dataset together")
+    from concutmix_cli.events import Message, emitter
+
+    emit = emitter(callbacks)
+    for record in records:  # what of metrics.jsonl could not be drawn (a cut line, a gap)
+        for note in record.notes:
+            emit(Message(f"{record.label}: {note}", "note"))
     pictures = [picture_of(r.label, r.rows, predict_run(r.path, split=split, device=device,
                                                         callbacks=callbacks))
                 for r in records]

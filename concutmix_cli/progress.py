@@ -106,11 +106,11 @@ def log_record(row: dict, epochs: int) -> str:
 class TrainView:
     """Renders training events: on a terminal a per-step bar (loss, throughput, elapsed, ETA)
     and a line per epoch; elsewhere a line every `every` steps or seconds and one per epoch, none
-    wider than the console. Owns SIGINT/SIGTERM while epochs run: they ask the run to stop at
+    wider than the console. Owns SIGINT/SIGTERM/SIGHUP while epochs run: they ask the run to stop at
     the next optimizer step, which checkpoints, so `--resume` continues exactly; a second signal
     interrupts at once (the last checkpoint stays the resume point)."""
 
-    SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+    SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
     def __init__(self, console: Console, stop: StopFlag, every: tuple[str, float] = ("seconds", 30)):
         self.console, self.stop = console, stop
@@ -142,7 +142,7 @@ class TrainView:
                 event.row, self.total_epochs))
 
     def take_signals(self) -> None:
-        """From now on SIGINT/SIGTERM ask for a stop instead of killing the process (called
+        """From now on SIGINT/SIGTERM/SIGHUP ask for a stop instead of killing the process (called
         before the run is set up, so a scheduler's SIGTERM during setup is not fatal either)."""
         if not self.previous:
             self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}

@@ -2,6 +2,9 @@
 of each group (seeds of one method), as long-tailed papers report results.
 
 Numbers come from each run's own metrics.jsonl (its last row: the last epoch's test split).
+What was wrong in a run's files (runs.read_run) is a note of its row; a group whose runs trained
+on different data (their manifests disagree on the dataset, its imbalance, subset seed or class
+counts) is averaged all the same, with a note that says so.
 Balanced accuracy (the mean of the per-class accuracies) is the stored value when the run has
 one; on a test split with equally many images per class it equals top-1 exactly; otherwise the
 run's last.safetensors is evaluated for its per-class accuracy.
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from concutmix_cli.errors import UserError
 from concutmix_cli.runs import RunRecord, read_runs
 
 METRICS = ("top1", "many", "medium", "few", "balanced", "ece")
@@ -44,6 +48,8 @@ class GroupRow:
     mean: dict[str, float | None]
     std: dict[str, float | None]
     """Sample standard deviation (n - 1 in the denominator); None for a single run."""
+    notes: list[str] = field(default_factory=list)
+    """Why the mean may mislead (its runs trained on different data)."""
 
 
 @dataclass
@@ -59,8 +65,8 @@ class Report:
                       "epoch": r.epoch, "epochs": r.epochs, "group": r.group, **r.values,
                       "notes": r.notes} for r in self.runs],
             "groups": [{"group": g.group, "n": g.n,
-                        **{m: {"mean": g.mean[m], "std": g.std[m]} for m in METRICS}}
-                       for g in self.groups],
+                        **{m: {"mean": g.mean[m], "std": g.std[m]} for m in METRICS},
+                        "notes": g.notes} for g in self.groups],
         }
 
 
@@ -79,8 +85,10 @@ def balanced_accuracy(record: RunRecord, evaluate: bool = True) -> tuple[float |
     row = record.last
     if row.get("test_balanced_accuracy") is not None:
         return float(row["test_balanced_accuracy"]), None
-    test_counts = record.manifest.get("test_counts") or []
-    if test_counts and len(set(test_counts)) == 1 and row.get("test_top1") is not None:
+    test_counts = record.manifest.get("test_counts")
+    equal = (isinstance(test_counts, list) and test_counts
+             and all(isinstance(c, int) for c in test_counts) and len(set(test_counts)) == 1)
+    if equal and row.get("test_top1") is not None:
         return float(row["test_top1"]), None  # equal classes: the class mean is the sample mean
     if not evaluate:
         return None, "balanced accuracy not stored (evaluate with eval)"
@@ -95,9 +103,30 @@ def balanced_accuracy(record: RunRecord, evaluate: bool = True) -> tuple[float |
     return (sum(per_class) / len(per_class) if per_class else None), note
 
 
+def data_note(records: list[RunRecord]) -> str | None:
+    """A note when `records` did not all train on the same data (runs.DATA_IDENTITY)."""
+    kinds: list[tuple[dict[str, Any], list[str]]] = []
+    for record in records:
+        identity = record.data_identity
+        for seen, labels in kinds:
+            if seen == identity:
+                labels.append(record.label)
+                break
+        else:
+            kinds.append((identity, [record.label]))
+    if len(kinds) < 2:
+        return None
+    differ = [key for key in kinds[0][0] if any(k[key] != kinds[0][0][key] for k, _ in kinds)]
+    return (f"trained on different data ({', '.join(differ)} differ: "
+            f"{' / '.join(', '.join(labels) for _, labels in kinds)}); the mean mixes datasets")
+
+
 def build_report(paths: list[Path], group_by: str | None = None,
                  evaluate: bool = True) -> Report:
     """The report of `paths` (run folders), grouped by a config key (`method`, `preset`, ...)."""
+    if group_by is not None and not group_by.strip():
+        raise UserError("--group-by needs a setting: method, preset or a config key such as "
+                        "model.arch")
     records = read_runs(paths)
     rows = []
     for record in records:
@@ -107,12 +136,12 @@ def build_report(paths: list[Path], group_by: str | None = None,
             "medium": last.get("test_medium"), "few": last.get("test_few"),
             "ece": last.get("test_ece")}
         values["balanced"], note = balanced_accuracy(record, evaluate)
-        notes = [note] if note else []
+        notes = [*record.notes, *([note] if note else [])]
         if isinstance(record.epochs, int) and last.get("epoch") != record.epochs:
             notes.append(f"unfinished: {last.get('epoch')} of {record.epochs} epochs")
         group = str(record.setting(group_by)) if group_by else "all"
         rows.append(RunRow(record.label, str(record.path), record.method, record.seed,
-                           int(last.get("epoch", 0)), record.epochs, group,
+                           last["epoch"], record.epochs, group,
                            {m: values[m] for m in METRICS}, notes))
     groups = []
     if group_by:
@@ -120,8 +149,9 @@ def build_report(paths: list[Path], group_by: str | None = None,
             members = [r for r in rows if r.group == name]
             stats = {m: mean_std([r.values[m] for r in members if r.values[m] is not None])
                      for m in METRICS}
+            note = data_note([rec for rec, row in zip(records, rows) if row.group == name])
             groups.append(GroupRow(name, len(members), {m: stats[m][0] for m in METRICS},
-                                   {m: stats[m][1] for m in METRICS}))
+                                   {m: stats[m][1] for m in METRICS}, [note] if note else []))
     return Report(group_by, rows, groups)
 
 
@@ -148,16 +178,19 @@ def run_table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def group_table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    header = [report.group_by or "group", "runs", *(HEADERS[m] for m in METRICS)]
-    body = [[g.group, str(g.n), *(fmt_pm(m, g.mean[m], g.std[m]) for m in METRICS)]
-            for g in report.groups]
+    """The groups' table; a `note` column when a group has a note (different data)."""
+    noted = any(g.notes for g in report.groups)
+    header = [report.group_by or "group", "runs", *(HEADERS[m] for m in METRICS),
+              *(["note"] if noted else [])]
+    body = [[g.group, str(g.n), *(fmt_pm(m, g.mean[m], g.std[m]) for m in METRICS),
+             *(["; ".join(g.notes) or "-"] if noted else [])] for g in report.groups]
     return header, body
 
 
 def markdown(report: Report) -> str:
     """GitHub tables: the runs, then mean ± std per group (accuracies in %)."""
     def table(header: list[str], body: list[list[str]]) -> list[str]:
-        align = ["---" if i == 0 or header[i] in ("run", "method") else "---:"
+        align = ["---" if i == 0 or header[i] in ("run", "method", "note") else "---:"
                  for i in range(len(header))]
         return ["| " + " | ".join(row) + " |" for row in (header, align, *body)]
 
@@ -165,22 +198,27 @@ def markdown(report: Report) -> str:
     if report.groups:
         lines += ["", "Mean ± sample std over the runs of each group (last epoch, test split)."
                   , ""] + table(*group_table_rows(report))
+    notes = [f"- {r.run}: {note}" for r in report.runs for note in r.notes]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
 def csv_text(report: Report) -> str:
-    """One row per run (`kind` run), then a mean and a std row per group; raw fractions."""
+    """One row per run (`kind` run), then a mean and a std row per group; raw fractions; the
+    last column holds the run's or the group's notes."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["kind", "run", "method", "seed", "epoch", "group", *METRICS])
+    writer.writerow(["kind", "run", "method", "seed", "epoch", "group", *METRICS, "notes"])
 
     def num(value: float | None) -> str:
         return "" if value is None else repr(float(value))
 
     for r in report.runs:
         writer.writerow(["run", r.run, r.method, r.seed, r.epoch, r.group,
-                         *(num(r.values[m]) for m in METRICS)])
+                         *(num(r.values[m]) for m in METRICS), "; ".join(r.notes)])
     for g in report.groups:
         for kind, values in (("mean", g.mean), ("std", g.std)):
-            writer.writerow([kind, "", "", "", "", g.group, *(num(values[m]) for m in METRICS)])
+            writer.writerow([kind, "", "", "", "", g.group, *(num(values[m]) for m in METRICS),
+                             "; ".join(g.notes)])
     return out.getvalue()

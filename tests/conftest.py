@@ -11,6 +11,11 @@ SHARED = REPO.parent / "shared"
 CIFAR100_NPZ = SHARED / "data" / "cifar100.npz"
 
 
+FAST_CLI = ["--batch-size", "16", "--device", "cpu", "--set", "runtime.max_steps_per_epoch=1",
+            "--set", "data.num_workers=0"]
+"""`train` options for a run of one step an epoch on the CPU (the tests need the files)."""
+
+
 def tiny_synthetic(folder: Path, **kwargs) -> Path:
     """A small synthetic-lt folder: 10 classes, 40 down to 4 images, 50 test images per class."""
     from concutmix_cli.data.prepare import prepare
@@ -53,6 +58,17 @@ def one_epoch_run(folder: Path, data: Path, *overrides: str) -> Path:
     shutil.copyfile(Path(data) / "manifest.json", run.path / "manifest.json")
     Trainer(cfg, run).save_checkpoint(1)
     return run.path
+
+
+@pytest.fixture
+def wide():
+    """The CLI console wraps at 80 columns when captured; long tmp paths would be folded."""
+    from concutmix_cli import cli as cli_module
+
+    saved = cli_module.console.width
+    cli_module.console.width = 1000
+    yield
+    cli_module.console.width = saved
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import one_epoch_run, tiny_synthetic
+from tests.conftest import FAST_CLI, one_epoch_run, tiny_synthetic
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import tree as _tree
 
-FAST = ["--batch-size", "16", "--device", "cpu", "--set", "runtime.max_steps_per_epoch=1",
-        "--set", "data.num_workers=0"]
+FAST = FAST_CLI
 
 
 def _no_temporaries(folder: Path) -> None:

@@ -172,17 +172,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def wide():
-    """The CLI console wraps at 80 columns when captured; long tmp paths would be folded."""
-    from concutmix_cli import cli as cli_module
-
-    saved = cli_module.console.width
-    cli_module.console.width = 1000
-    yield
-    cli_module.console.width = saved
-
-
 def test_exact_resume_after_kills_and_a_graceful_stop(data4, reference, tmp_path):
     run = tmp_path / "run"
     first = ["--data", data4, "--out", run, *TRAIN_ARGS]

@@ -22,25 +22,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import one_epoch_run, tiny_synthetic
+from tests.conftest import FAST_CLI, one_epoch_run, tiny_synthetic
 from tests.conftest import one_error_line as _one_error_line
 from tests.conftest import tree as _tree
 
-FAST = ["--batch-size", "16", "--device", "cpu", "--set", "runtime.max_steps_per_epoch=1",
-        "--set", "data.num_workers=0"]
+FAST = FAST_CLI
 SCRIPT = Path(sys.executable).parent / "concutmix"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
-@pytest.fixture(autouse=True)
-def wide():
-    """The CLI console wraps at 80 columns when captured; long tmp paths would be folded."""
-    from concutmix_cli import cli as cli_module
-
-    saved = cli_module.console.width
-    cli_module.console.width = 1000
-    yield
-    cli_module.console.width = saved
+pytestmark = pytest.mark.usefixtures("wide")  # conftest: long paths stay on one line
 
 
 @pytest.fixture(scope="module")

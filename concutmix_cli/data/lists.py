@@ -21,8 +21,9 @@ from typing import Callable
 
 import numpy as np
 import torch.utils.data
-from PIL import Image
 
+from concutmix_cli.data.images import (UnreadableImage, decode_rgb, open_regular, reason_of,
+                                       shown_path)
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import sha256_file
 
@@ -39,6 +40,46 @@ _SHOW_CLASSES = 5
 # Reading split lists
 
 
+_BOM = b"\xef\xbb\xbf"
+_MAX_LABEL_DIGITS = 18
+"""A label of more digits is no class index (and would not fit the int64 label arrays)."""
+
+
+def _line_text(raw: bytes, lineno: int) -> str:
+    """One line of a split list as the reader sees it: byte-order mark (line 1) dropped, UTF-8
+    decoded (UnicodeDecodeError otherwise), surrounding whitespace stripped."""
+    if lineno == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM):]
+    return raw.decode("utf-8").strip()
+
+
+def _split_entry(text: str) -> tuple[str, str] | None:
+    """(path, label text) of a stripped line: the label is the last whitespace-separated field,
+    so paths may hold spaces; None when there is no second field."""
+    parts = text.rsplit(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def _entry_line(rel: str, label: int) -> str:
+    return f"{rel} {label}\n"
+
+
+def entry_problem(rel: str, label: int, lineno: int = 2) -> str | None:
+    """Why ``rel label`` cannot be written as a split-list line that the reader (`_line_text`,
+    `_split_entry`) reads back as the same path and label; None when it can."""
+    line = _entry_line(rel, label)
+    try:
+        raw = line.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8, which a split list cannot hold"
+    if line.count("\n") != 1:
+        return "holds a line break, which a split list cannot hold"
+    if _split_entry(_line_text(raw, lineno)) != (rel, str(label)):
+        return ("starts or ends with a space (or another character that a split list reads as "
+                "one), which a split list cannot hold")
+    return None
+
+
 def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], list[int]]:
     """Entries of a split list and the 1-based file line number of each entry."""
     entries: list[tuple[str, int]] = []
@@ -48,25 +89,28 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
     lineno = 0
     fix = "each line must be 'relative/path label' with an integer label >= 0"
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO would block open() forever
             for lineno, raw in enumerate(f, 1):
-                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # UTF-8 byte-order mark
-                text = raw.decode("utf-8").strip()
+                text = _line_text(raw, lineno)
                 if not text:
                     continue
-                parts = text.rsplit(None, 1)
-                if len(parts) < 2:
+                parts = _split_entry(text)
+                if parts is None:
                     raise UserError(
                         f"{what} {path} line {lineno}: no label after '{_short(text)}'; {fix}"
                     )
                 rel, label_text = parts
                 if _LABEL_RE.fullmatch(label_text) is None:
                     if label_text.startswith("-") and _LABEL_RE.fullmatch(label_text[1:]):
-                        problem = f"negative label {label_text}"
+                        problem = f"negative label {_short(label_text)}"
                     else:
                         problem = f"label '{_short(label_text)}' is not an integer"
                     raise UserError(f"{what} {path} line {lineno}: {problem}; {fix}")
+                if len(label_text.lstrip("0")) > _MAX_LABEL_DIGITS:
+                    raise UserError(
+                        f"{what} {path} line {lineno}: label {_short(label_text)} is too large to "
+                        "be a class index; labels number the classes 0..C-1"
+                    )
                 if os.path.isabs(rel):
                     raise UserError(
                         f"{what} {path} line {lineno}: absolute path '{_short(rel)}'; list paths "
@@ -87,8 +131,8 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
         raise UserError(
             f"{what} {path} line {lineno}: not UTF-8 text; save the list as UTF-8"
         ) from None
-    except OSError as err:
-        reason = err.strerror or str(err)
+    except (OSError, UnreadableImage) as err:
+        reason = getattr(err, "strerror", None) or str(err)
         raise UserError(f"{what} {path}: cannot read ({reason}); check the path") from None
     if duplicates:
         line, first, rel = duplicates[0]
@@ -151,9 +195,25 @@ def _first_gaps(present: np.ndarray, num_classes: int, limit: int) -> list[int]:
 
 
 def _check_classes(train: _List, others: list[_List]) -> int:
-    """Number of classes C = max train label + 1; all of 0..C-1 trained, other lists inside."""
-    num_classes = int(train.labels.max()) + 1
+    """Number of classes C = max train label + 1; all of 0..C-1 trained, other lists inside.
+
+    Every class needs a training line, so no label can reach the number of training lines: a
+    larger one is refused (naming its line) before anything is sized by it."""
     present = np.unique(train.labels)
+    lines = len(train.entries)
+    largest = int(np.argmax(train.labels))
+    if train.labels[largest] >= lines:
+        label = int(train.labels[largest])
+        missing = label + 1 - len(present)
+        shown = ", ".join(str(c) for c in _first_gaps(present, label + 1, _SHOW_CLASSES))
+        raise UserError(
+            f"{train.what} {train.path} line {train.line_numbers[largest]}: class {label} cannot "
+            f"be a class index: with it, {missing} of the {label + 1} classes 0..{label} would "
+            f"have no training image (class {shown}{', ...' if missing > _SHOW_CLASSES else ''}); "
+            f"every class 0..C-1 needs a training line and the list has {lines}, so C is at most "
+            f"{lines}; labels must be numbered 0..C-1 with every class present in the training list"
+        )
+    num_classes = int(train.labels.max()) + 1
     if len(present) < num_classes:
         missing = num_classes - len(present)
         shown = ", ".join(str(c) for c in _first_gaps(present, num_classes, _SHOW_CLASSES))
@@ -226,10 +286,24 @@ def _check_files(root: Path, lists: list[_List]) -> None:
 
 
 def _write_list(path: Path, entries: list[tuple[str, int]]) -> None:
+    """Write a split list, each entry checked first to read back (same reader) as written: a
+    path the format cannot hold is refused, naming it, instead of becoming a list that training
+    reads wrong. Nothing is left behind on an error."""
+    lines = []
+    for lineno, (rel, label) in enumerate(entries, 1):
+        problem = entry_problem(rel, label, lineno)
+        if problem:
+            raise UserError(f"{shown_path(rel)!r} {problem} (line {lineno} of {path.name}); "
+                            "rename the file")
+        lines.append(_entry_line(rel, label))
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(f"{rel} {label}\n" for rel, label in entries)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def stage_list_dataset(
@@ -315,17 +389,18 @@ class ListImageDataset(torch.utils.data.Dataset):
         rel, label = self.entries[index]
         path = os.path.join(self.root, rel)
         try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
+            image = decode_rgb(path)
         except FileNotFoundError:
             raise UserError(
-                f"image {path} (entry {index} of the list): file not found; check the image root "
-                "(prepare --root, or the root override) and that the images are complete"
+                f"image {shown_path(path)} (entry {index} of the list): file not found; check "
+                "the image root (prepare --root, or the root override) and that the images are "
+                "complete"
             ) from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except (OSError, UnreadableImage) as err:
             raise UserError(
-                f"image {path} (entry {index} of the list): cannot be decoded ({err}); replace "
-                "the file or remove its line from the list and prepare again"
+                f"image {shown_path(path)} (entry {index} of the list): cannot be decoded "
+                f"({reason_of(err)}); replace the file or remove its line from the list and "
+                "prepare again"
             ) from None
         if self.transform is not None:
             image = self.transform(image)

@@ -124,7 +124,7 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     stops them; otherwise Ctrl-C (sent to the whole process group) kills a worker mid-batch."""
     import signal
 
-    from concutmix_cli.engine.runlock import close_in_child
+    from concutmix_cli.locking import close_in_child
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -5,17 +5,24 @@ folder names, sorted as torchvision sorts them); --val / --test name folders of 
 csv: `path,label` files with a header row (--train, --val, --test), paths relative to --root,
 labels class names or indices 0..C-1.
 
-Every image is decoded once here, so training never meets an unreadable file. With
---image-size up to 64 the images are stored as uint8 arrays like CIFAR (shorter side resized,
-center crop: `views.array_resize`), which the CIFAR-like views and the device augmentation path
-take; larger sizes keep the files and a split list, read with the ImageNet-like views
-(`lists.ListImageDataset`). Held-out splits can be drawn per class (--val-fraction,
---test-fraction). Returns the manifest fields; prepare.py writes the folder atomically.
+Every image is decoded once here (`images.decode_rgb`: regular files only, 16-bit data scaled
+to 8 bits), so training never meets an unreadable file. Each file is one image: folders are
+searched with links followed but each folder entered once, and a file reached twice (a link, a
+hard link) counts once in its class and is refused in two classes or splits; so are split
+folders that hold one another.
+
+With --image-size up to 64 the images are stored as uint8 arrays like CIFAR (shorter side
+resized, center crop: `views.array_resize`), which the CIFAR-like views and the device
+augmentation path take; larger sizes keep the files and a split list, read with the
+ImageNet-like views (`lists.ListImageDataset`). Held-out splits can be drawn per class
+(--val-fraction, --test-fraction). Returns the manifest fields; prepare.py writes the folder
+atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -27,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from concutmix_cli.data import longtail
+from concutmix_cli.data.images import (UnreadableImage, decode_rgb, file_identity, is_utf8,
+                                       open_regular, reason_of, shown_path, walk_files)
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import sha256_file
 
@@ -38,6 +47,8 @@ SPLITS = ("train", "val", "test")
 _SHOW = 3
 """How many file names one error message shows."""
 _INDEX = re.compile(r"[0-9]+", re.ASCII)
+_OPTION = {"train": "--root", "val": "--val", "test": "--test"}
+"""The option of `prepare folder` that names each split's folder."""
 
 
 @dataclass
@@ -78,62 +89,105 @@ def check_options(image_size: int, val_fraction: float, test_fraction: float, se
 # What the user gave: folders or CSV files -> classes and items
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def _class_folders(folder: Path, option: str) -> list[str]:
     if not folder.is_dir():
-        raise UserError(f"{option} {folder}: not a folder; give the folder that holds one "
-                        "sub-folder per class")
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _is_hidden(e.name))
+        raise UserError(f"{option} {shown_path(folder)}: not a folder; give the folder that holds "
+                        "one sub-folder per class")
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    odd = [shown_path(n) for n in names if not is_utf8(n)]
+    if odd:
+        raise UserError(f"{option} {shown_path(folder)}: class folder name(s) {_shown(odd)} are "
+                        "not valid UTF-8 (the bytes shown escaped), so they cannot be class names; "
+                        "rename them")
+    return names
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every file under `folder` (recursively, links followed, sorted), hidden names left out."""
-    found = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
-        found += [Path(parent) / f for f in sorted(files) if not _is_hidden(f)]
-    return found
+def _check_separate(folders: dict[str, Path | None]) -> None:
+    """--root, --val and --test must not be, or hold, one another: an image in two of them would
+    be a test (or validation) image that the model also trains on."""
+    given = [(s, Path(f)) for s, f in folders.items() if f is not None and Path(f).is_dir()]
+    for k, (split, folder) in enumerate(given):
+        for other, other_folder in given[:k]:
+            real, other_real = os.path.realpath(folder), os.path.realpath(other_folder)
+            if real == other_real:
+                how = "is the same folder as"
+            elif os.path.commonpath([real, other_real]) == other_real:
+                how = "is inside"
+            elif os.path.commonpath([real, other_real]) == real:
+                how = "holds"
+            else:
+                continue
+            raise UserError(f"{_OPTION[split]} {shown_path(folder)} {how} {_OPTION[other]} "
+                            f"{shown_path(other_folder)}: its images would be in two splits; "
+                            "give separate folders")
+
+
+def _same_file(first: Item, second: Item, classes: list[str]) -> UserError:
+    def place(item: Item) -> str:
+        return f"'{shown_path(item.rel)}' ({item.split}, class '{classes[item.label]}')"
+
+    return UserError(f"{place(first)} and {place(second)} are the same file (a link or a hard "
+                     "link), in two classes or splits; an image may belong to one class of one "
+                     "split: remove one of them")
 
 
 def scan_folders(root: Path, val: Path | None, test: Path | None) -> tuple[list[str], Path, list[Item]]:
-    """Classes (the sorted sub-folder names of `root`), the common root of all images, items."""
+    """Classes (the sorted sub-folder names of `root`), the common root of all images, items.
+
+    Links are followed, but a file reached twice (a link loop, a link or a hard link to it) is
+    one image: kept once when both are in the same class and split, refused when they are not."""
     root = Path(root)
     classes = _class_folders(root, "--root")
     if len(classes) < 2:
-        raise UserError(f"--root {root}: found {len(classes)} class folder(s); the ImageFolder "
-                        "layout needs one sub-folder per class, at least 2")
+        raise UserError(f"--root {shown_path(root)}: found {len(classes)} class folder(s); the "
+                        "ImageFolder layout needs one sub-folder per class, at least 2")
     folders = {"train": root, "val": val, "test": test}
+    _check_separate(folders)
     used = {s: Path(os.path.abspath(f)) for s, f in folders.items() if f is not None}
     common = Path(os.path.commonpath([str(p) for p in used.values()]))
     index = {name: c for c, name in enumerate(classes)}
     items: list[Item] = []
+    seen: dict[tuple[int, int], Item] = {}
     for split, folder in used.items():
-        option = "--root" if split == "train" else f"--{split}"
+        option = _OPTION[split]
         names = _class_folders(folder, option)
         unknown = [n for n in names if n not in index]
         if unknown:
-            raise UserError(f"{option} {folders[split]}: class folder(s) {_shown(unknown)} are not "
-                            f"classes of --root {root}; every {split} class needs training images")
+            raise UserError(f"{option} {shown_path(folders[split])}: class folder(s) "
+                            f"{_shown(unknown)} are not classes of --root {shown_path(root)}; "
+                            f"every {split} class needs training images")
         for name in names:
-            files = _files_under(folder / name)
+            files = walk_files(folder / name)
             if split == "train" and not files:
-                raise UserError(f"--root {root}: class folder '{name}' holds no files; every "
-                                "class needs training images (remove the empty folder)")
-            items += [Item(os.path.relpath(f, common), index[name], split,
-                           f"{option} {folders[split]}") for f in files]
+                raise UserError(f"--root {shown_path(root)}: class folder '{name}' holds no "
+                                "files; every class needs training images (remove the empty "
+                                "folder)")
+            for found in files:
+                item = Item(os.path.relpath(found.path, common), index[name], split,
+                            f"{option} {shown_path(folders[split])}")
+                first = seen.get(found.identity) if found.identity is not None else None
+                if first is not None:
+                    if (first.label, first.split) == (item.label, item.split):
+                        continue  # the same image reached twice in its own class: once
+                    raise _same_file(first, item, classes)
+                if found.identity is not None:
+                    seen[found.identity] = item
+                items.append(item)
     return classes, common, items
 
 
 def _read_csv(path: Path, option: str) -> list[tuple[str, str, int]]:
     """(path, label, line) of each data row of a `path,label` CSV file with a header row."""
-    if not Path(path).is_file():
-        raise UserError(f"{option} {path}: file not found")
+    try:
+        raw = open_regular(path)  # a FIFO would block open() forever
+    except FileNotFoundError:
+        raise UserError(f"{option} {path}: file not found") from None
+    except (OSError, UnreadableImage) as err:
+        raise UserError(f"{option} {path}: cannot read ({reason_of(err)}); give a CSV file"
+                        ) from None
     rows: list[tuple[str, str, int]] = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             names = [h.strip().lower() for h in header or []]
@@ -152,6 +206,9 @@ def _read_csv(path: Path, option: str) -> list[tuple[str, str, int]]:
                 if not rel or not label:
                     raise UserError(f"{option} {path} line {line}: empty "
                                     f"{'path' if not rel else 'label'}")
+                if "\0" in rel:
+                    raise UserError(f"{option} {path} line {line}: the path holds a NUL "
+                                    "character, which no file name can; fix the row")
                 rows.append((rel, label, line))
     except UnicodeDecodeError:
         raise UserError(f"{option} {path}: not UTF-8 text; save the CSV as UTF-8") from None
@@ -176,24 +233,51 @@ def _relative(rel: str, root: Path, where: str) -> str:
     return norm
 
 
+def _index_value(label: str, limit: int) -> int | None:
+    """The class index an index label names (leading zeros allowed: "007" is 7), or None when it
+    is `limit` or more (compared by length first: a label of 5000 digits is no number to parse)."""
+    digits = label.lstrip("0") or "0"
+    if len(digits) > len(str(limit)):
+        return None
+    value = int(digits)
+    return value if value < limit else None
+
+
 def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list[Item]]:
     """Classes and items of the CSV files. Labels are indices when every label of every file is
-    a non-negative integer (classes 0..C-1, C = the largest training label + 1), else class
-    names (the sorted names of the training file)."""
+    a non-negative integer (classes 0..C-1, C = the largest training label + 1, matched by value:
+    "01" is class 1), else class names (the sorted names of the training file).
+
+    Every class 0..C-1 needs a training row, so an index can be no larger than the training rows:
+    a larger one is refused before anything is sized by it. A file listed twice under two names
+    (a link to it) is refused like a path listed twice."""
     if not Path(root).is_dir():
-        raise UserError(f"--root {root}: not a folder; give the folder the CSV paths are "
-                        "relative to")
+        raise UserError(f"--root {shown_path(root)}: not a folder; give the folder the CSV paths "
+                        "are relative to")
     root = Path(root).resolve()
     rows = {s: _read_csv(p, f"--{s}") for s, p in csvs.items() if p is not None}
     as_index = all(_INDEX.fullmatch(label) for split_rows in rows.values()
                    for _, label, _ in split_rows)
     train_labels = [label for _, label, _ in rows["train"]]
     if as_index:
-        count = max(int(label) for label in train_labels) + 1
-        absent = sorted(set(range(count)) - {int(label) for label in train_labels})
+        from concutmix_cli.data.lists import _first_gaps
+
+        limit = len(train_labels)
+        values = [_index_value(label, limit) for label in train_labels]
+        present = np.unique(np.array([v for v in values if v is not None], dtype=np.int64))
+        too_large = [k for k, v in enumerate(values) if v is None]
+        count = limit if too_large else int(present[-1]) + 1
+        absent = _first_gaps(present, count, 5)
+        if too_large:
+            _, label, line = rows["train"][too_large[0]]
+            raise UserError(
+                f"--train {csvs['train']} line {line}: {_short(label)} cannot be a class index: "
+                f"every class 0..C-1 needs a training row and the file has {limit}, so C is at "
+                f"most {limit} (class(es) {', '.join(map(str, absent))} have no training row); "
+                "number the classes 0..C-1, or use class names")
         if absent:
             raise UserError(f"--train {csvs['train']}: labels are indices 0..{count - 1} but "
-                            f"class(es) {', '.join(map(str, absent[:5]))} have no training row; "
+                            f"class(es) {', '.join(map(str, absent))} have no training row; "
                             "number the classes 0..C-1, or use class names")
         classes = [str(c) for c in range(count)]
     else:
@@ -201,19 +285,33 @@ def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list
     index = {name: c for c, name in enumerate(classes)}
     items: list[Item] = []
     first_seen: dict[str, str] = {}
+    same_file: dict[tuple[int, int], tuple[str, str]] = {}
     for split, split_rows in rows.items():
         for rel, label, line in split_rows:
             where = f"--{split} {csvs[split]} line {line}"
-            if label not in index:
-                raise UserError(f"{where}: class '{label}' has no training row; every {split} "
-                                "class must be a class of --train")
+            c = _index_value(label, len(classes)) if as_index else index.get(label)
+            if c is None:
+                raise UserError(f"{where}: class '{_short(label)}' has no training row; every "
+                                f"{split} class must be a class of --train")
             norm = _relative(rel, root, where)
             if norm in first_seen:
                 raise UserError(f"{where}: '{rel}' is already listed ({first_seen[norm]}); each "
                                 "image may be listed once, in one split")
             first_seen[norm] = where
-            items.append(Item(norm, index[label], split, where))
+            identity = file_identity(root / norm)
+            if identity is not None:
+                if identity in same_file:
+                    other, other_where = same_file[identity]
+                    raise UserError(f"{where}: '{rel}' is the same file as '{other}' "
+                                    f"({other_where}), through a link; each image may be listed "
+                                    "once, in one split")
+                same_file[identity] = (rel, where)
+            items.append(Item(norm, c, split, where))
     return classes, items
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,16 +319,17 @@ def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list
 
 
 def decode(path: str) -> Image.Image:
-    """An RGB PIL image, fully decoded (truncated files fail here, not in training)."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """An 8-bit RGB PIL image, fully decoded (truncated files fail here, not in training); only
+    regular files are opened (`images.decode_rgb`)."""
+    return decode_rgb(path)
 
 
 def decode_all(root: Path, items: list[Item], side: int | None, skip_bad: bool,
                callbacks=None) -> tuple[list[Item], list[np.ndarray] | None, list[dict[str, str]]]:
     """Decode every image once. Returns the readable items, their side x side uint8 arrays (when
     `side` is given: stored as arrays), and the skipped files; without `skip_bad` any unreadable
-    file is an error naming them all (count and the first few)."""
+    file is an error naming them all (count and the first few). A path that is not valid UTF-8
+    counts as unreadable: neither the manifest nor a split list could name it."""
     from concutmix_cli.data.views import array_resize
     from torchvision import transforms as T
 
@@ -245,16 +344,18 @@ def decode_all(root: Path, items: list[Item], side: int | None, skip_bad: bool,
         sequence = counted(items, len(items), "decoding images", emitter(callbacks))
     for item in sequence:
         path = os.path.join(root, item.rel)
-        try:
-            image = decode(path)
-            if resize is not None:
-                arrays.append(np.asarray(resize(image), dtype=np.uint8))
-        except FileNotFoundError:
-            bad.append({"path": item.rel, "split": item.split, "reason": "file not found"})
-            continue
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            reason = " ".join(str(err).split()) or type(err).__name__
-            bad.append({"path": item.rel, "split": item.split, "reason": reason})
+        reason = None
+        if not is_utf8(item.rel):
+            reason = "file name is not valid UTF-8"
+        else:
+            try:
+                image = decode_rgb(path)
+                if resize is not None:
+                    arrays.append(np.asarray(resize(image), dtype=np.uint8))
+            except (UnreadableImage, OSError) as err:
+                reason = reason_of(err)
+        if reason is not None:
+            bad.append({"path": shown_path(item.rel), "split": item.split, "reason": reason})
             continue
         good.append(item)
     if bad and not skip_bad:
@@ -304,6 +405,21 @@ def split_held_out(items: list[Item], classes: list[str], val_fraction: float,
 # Staging
 
 
+def _check_list_names(items: list[Item]) -> None:
+    """Images kept as files are named in a split list (`relative/path label` lines): a path the
+    list cannot hold (a line break, a space at either end) is refused before decoding anything,
+    rather than written as a list that training would read back wrong. Names that are not UTF-8
+    are left to decode_all, which counts them as unreadable."""
+    from concutmix_cli.data.lists import entry_problem
+
+    for item in items:
+        problem = entry_problem(item.rel, item.label) if is_utf8(item.rel) else None
+        if problem:
+            raise UserError(f"{item.where}: {item.rel!r} {problem}; rename it, or pass "
+                            f"--image-size {ARRAY_MAX_SIDE} or less (images stored as arrays, "
+                            "no list)")
+
+
 def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path | None] | None = None,
               val: Path | None = None, test: Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
               val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
@@ -324,6 +440,8 @@ def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path |
             s: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
             for s, p in (csvs or {}).items() if p is not None}}
     as_arrays = image_size <= ARRAY_MAX_SIDE
+    if not as_arrays:
+        _check_list_names(items)
     items, arrays, skipped = decode_all(common, items, image_size if as_arrays else None,
                                         skip_bad, callbacks)
     counts = np.bincount([i.label for i in items if i.split == "train"], minlength=len(classes))

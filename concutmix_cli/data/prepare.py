@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ MAX_SYNTHETIC_IMAGES = 100_000
 class PrepareResult:
     out: Path
     manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    """What prepare did besides writing `out` (a killed prepare's leftovers cleaned, ...)."""
 
 
 def default_out(dataset: str, imbalance: float, named_by: Path | None = None) -> Path:
@@ -147,34 +150,69 @@ def check_replaceable(out: Path, force: bool, inputs: dict[str, Path | None]) ->
                             f"replace; choose another --out")
 
 
+def _lock_path(out: Path) -> Path:
+    """`prepare --out OUT` holds OUT's lock beside it (OUT itself is swapped by a rename)."""
+    return out.parent / f".{out.name}.concutmix.lock"
+
+
+def clean_stale_staging(out: Path) -> list[str]:
+    """Remove what a prepare into `out` that was killed left beside it (call with `out`'s lock
+    held: no live prepare owns these). A previous dataset that a kill left aside mid-swap
+    (`.OUT.old-*/old` with OUT gone) is put back first. Returns what was done."""
+    ours = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-[A-Za-z0-9_]{{8}}")  # mkdtemp's
+    found = sorted((p for p in out.parent.iterdir() if ours.fullmatch(p.name)
+                    and p.is_dir() and not p.is_symlink()), key=lambda p: p.name)
+    done: list[str] = []
+    for trash in (p for p in found if ".old-" in p.name):
+        if not out.exists() and not out.is_symlink() and (trash / "old").is_dir():
+            os.replace(trash / "old", out)
+            done.append(f"put back {out}, which a killed prepare had moved aside")
+    for leftover in found:
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append(f"removed {leftover}, left by a prepare that was killed")
+    return done
+
+
 def _write_atomically(out: Path, stage: callable, force: bool,
-                      inputs: dict[str, Path | None] | None = None) -> None:
+                      inputs: dict[str, Path | None] | None = None, notes: list[str] | None = None
+                      ) -> None:
     """Build the folder under a temporary sibling name, then rename it into place; on any
-    failure the old folder (if any) is back in place and no temporary folder is left."""
+    failure the old folder (if any) is back in place and no temporary folder is left. One
+    prepare at a time per `out` (a lock beside it); what a killed one left is cleaned first."""
+    from concutmix_cli.locking import ExclusiveLock
+
     out = Path(os.path.abspath(out))  # `--out .` has a name and a parent once absolute
     if out == out.parent:
         raise UserError(f"--out {out}: the filesystem root cannot be a dataset folder")
-    check_replaceable(out, force, inputs or {})
+    check_replaceable(out, force, inputs or {})  # before creating anything
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    trash: Path | None = None
+    lock = ExclusiveLock(_lock_path(out), f"--out {out}")
+    notes = notes if notes is not None else []
+    notes += [note for note in [lock.acquire()] if note]
     try:
-        stage(staging)
-        os.chmod(staging, folder_mode())  # mkdtemp makes 0700: share as the umask allows
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            try:
+        notes += clean_stale_staging(out)
+        check_replaceable(out, force, inputs or {})  # another prepare may have finished meanwhile
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        trash: Path | None = None
+        try:
+            stage(staging)
+            os.chmod(staging, folder_mode())  # mkdtemp makes 0700: share as the umask allows
+            if out.exists():
+                trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, trash / "old")
+                try:
+                    os.replace(staging, out)
+                except BaseException:
+                    os.replace(trash / "old", out)  # put the old dataset back
+                    raise
+            else:
                 os.replace(staging, out)
-            except BaseException:
-                os.replace(trash / "old", out)  # put the old dataset back
-                raise
-        else:
-            os.replace(staging, out)
+        finally:
+            for leftover in (staging, trash):
+                if leftover is not None and leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
     finally:
-        for leftover in (staging, trash):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+        lock.release()
 
 
 def check_numbers(dataset: str, imbalance: float, seed: int, classes: int,
@@ -325,8 +363,10 @@ def prepare(
     inputs = {"--source": source, "--root": root or (Path("data/torchvision") if downloads else None),
               "--train-list": train_list, "--val-list": val_list, "--test-list": test_list,
               "--train": train, "--val": val, "--test": test}
-    _write_atomically(out, stage, force, {k: Path(v) for k, v in inputs.items() if v is not None})
-    return PrepareResult(out=out, manifest=result["manifest"])
+    notes: list[str] = []
+    _write_atomically(out, stage, force, {k: Path(v) for k, v in inputs.items() if v is not None},
+                      notes)
+    return PrepareResult(out=out, manifest=result["manifest"], notes=notes)
 
 
 def sources_mean_std() -> tuple[tuple[float, ...], tuple[float, ...]]:

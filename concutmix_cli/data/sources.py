@@ -36,6 +36,9 @@ def _check_arrays(src: ArraySource, origin: str, num_classes: int) -> ArraySourc
             raise UserError(
                 f"{origin}: {split} images must be uint8 [N, H, W, 3], got {x.dtype} {list(x.shape)}"
             )
+        if 0 in x.shape[1:3]:
+            raise UserError(f"{origin}: {split} images are {_size(x)}: they hold no pixels; "
+                            "save the images themselves, [N, H, W, 3] with H, W >= 1")
         if y.ndim != 1 or len(y) != len(x):
             raise UserError(f"{origin}: {split} labels must be [N] matching {len(x)} images")
         if not np.issubdtype(y.dtype, np.integer):
@@ -59,6 +62,32 @@ def _size(images: np.ndarray) -> str:
     return f"{images.shape[1]}x{images.shape[2]}"
 
 
+def _check_declared_sizes(path: Path) -> None:
+    """Every array of the archive must fit the bytes it holds. numpy allocates an array of the
+    shape its header declares before reading the data, so a small file that declares a huge
+    shape would ask for terabytes (and end as a MemoryError) instead of being called damaged."""
+    if not zipfile.is_zipfile(path):
+        return  # a bare .npy or no archive at all: np.load says which
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                reader = readers.get(np.lib.format.read_magic(member))
+                if reader is None:
+                    continue  # another format version: np.load reads or refuses it
+                shape, _, dtype = reader(member)
+                holds = info.file_size - member.tell()
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > holds:
+                raise UserError(
+                    f"--source {path}: {info.filename} declares shape {list(shape)} "
+                    f"({declared:,} bytes) but holds {max(holds, 0):,} bytes; the archive is "
+                    "damaged: write it again with numpy.savez")
+
+
 def load_npz(path: Path, dataset: str) -> ArraySource:
     """An offline archive with the keys of ../shared/data/README.md (train_x, train_y, ...)."""
     from concutmix_cli.fileio import sha256_file
@@ -68,6 +97,7 @@ def load_npz(path: Path, dataset: str) -> ArraySource:
     if not path.is_file():
         raise UserError(f"--source {path}: file not found")
     try:
+        _check_declared_sizes(path)
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one bare array
             raise UserError(
@@ -87,6 +117,9 @@ def load_npz(path: Path, dataset: str) -> ArraySource:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise UserError(f"--source {path}: not a readable .npz archive ({err})") from None
+    except MemoryError:
+        raise UserError(f"--source {path}: its arrays do not fit in memory; use a smaller archive "
+                        "or a machine with more memory") from None
     if classes is None or len(classes) != num_classes:
         classes = [str(c) for c in range(num_classes)]
     src = ArraySource(**arrays, classes=classes)

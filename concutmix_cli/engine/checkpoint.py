@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ from safetensors.torch import save as st_save
 from concutmix_cli import __version__
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import (
-    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, json_text, sha256_bytes, sha256_file,
+    TMP_SUFFIX, atomic_write_bytes, atomic_write_text, json_text, read_json_lines, sha256_bytes,
+    sha256_file,
 )
 
 WEIGHTS_FORMAT = "concutmix-weights/1"
@@ -50,22 +54,67 @@ def weights_bytes(state_dict: dict[str, torch.Tensor], metadata: dict[str, Any])
     return st_save(tensors, metadata=meta)
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a weights file; metadata values that are JSON come back decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    recorded = recorded_checksums(path)
-    if recorded is not None and sha256_bytes(raw) not in recorded[1]:
+WRITER_WAIT_S = 10.0
+"""How long a reader waits for a training run to finish a checkpoint (its weights file and its
+index are two atomic renames) before it takes a mismatch as damage."""
+
+
+def _stamps(*paths: Path) -> tuple:
+    """What changes when a file is replaced or rewritten (inode, size, mtime), per path."""
+    found = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            found.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            found.append(None)
+    return tuple(found)
+
+
+def _read_verified(path: Path) -> bytes:
+    """The bytes of a weights file that match its run's index. A run in training replaces
+    last.safetensors, then checkpoints.json: a reader between the two renames (about 1 read in
+    200 in a tight loop) sees a pair that does not match. So a mismatch is read again while the
+    files change under the reader or a live `train` holds the run's lock (up to WRITER_WAIT_S);
+    only a mismatch that stays is damage."""
+    from concutmix_cli.engine.runlock import being_written
+
+    started = time.monotonic()
+    while True:
+        index = _index_of(path)
+        before = _stamps(path, index)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read ({err.strerror})") from None
+        recorded = recorded_checksums(path)
+        if recorded is None or sha256_bytes(raw) in recorded[1]:
+            return raw
+        moving = _stamps(path, index) != before
+        if moving or (being_written(recorded[0].parent)
+                      and time.monotonic() - started < WRITER_WAIT_S):
+            time.sleep(0.02 if moving else 0.05)
+            continue
         raise UserError(
             f"{path}: checksum mismatch with {recorded[0]}, the file was damaged or modified (or "
             f"the run was killed while saving: resume it with `concutmix train --resume "
             f"{recorded[0].parent}`); use an intact checkpoint from {recorded[0].parent / 'checkpoints'}"
         )
+
+
+def _index_of(path: Path) -> Path:
+    """checkpoints.json of the run folder a weights file sits in (or would)."""
+    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return folder / INDEX
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a weights file (verified against its run's index, see `_read_verified`); metadata
+    values that are JSON come back decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    raw = _read_verified(path)
     try:
         tensors = st_load(raw)
         header_len = int.from_bytes(raw[:8], "little")
@@ -126,7 +175,7 @@ def recorded_checksums(path: Path) -> tuple[Path, set[str]] | None:
     A checkpoint file must match its entry; last.safetensors one of the checkpoints (or the one
     recorded for it); best.safetensors the one recorded for it."""
     path = Path(path)
-    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    folder = _index_of(path).parent
     run = RunFolder(folder)
     if not run.index_path.is_file():
         return None
@@ -195,15 +244,11 @@ class RunFolder:
 
     # metrics
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The rows up to the first line that is not a JSON object (a line cut by a crash: it
+        and anything after it are redone); the reader report, plot and reproduce.py use too."""
         if not self.metrics_path.is_file():
             return []
-        rows = []
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: it and anything after it are redone
-        return rows
+        return read_json_lines(self.metrics_path)[0]
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         rows = self.read_metrics() + [row]
@@ -225,12 +270,23 @@ class RunFolder:
             )
 
     def discard_new(self) -> None:
-        """Undo `create` of a run that failed before its first checkpoint (nothing else touched)."""
-        known = {"config.json", "manifest.json"}
-        if not self.path.is_dir() or any(p.name not in known for p in self.path.iterdir()):
+        """Undo `create` of a new run that was rejected or failed before its first checkpoint,
+        so that the same command can run again: remove what training wrote (config, manifest,
+        metrics rows of an epoch whose checkpoint failed, TensorBoard events, temporary files)
+        and the folder. A folder holding anything else (a checkpoint, a user's file) is kept."""
+        from concutmix_cli.tensorboard import LOG_DIR
+
+        if not self.path.is_dir() or self.index_path.exists() or (self.path / "checkpoints").exists():
             return
-        for name in known:
-            (self.path / name).unlink(missing_ok=True)
+        known = {"config.json", "manifest.json", "metrics.jsonl", LOG_DIR}
+        self.remove_temporaries()
+        if any(p.name not in known for p in self.path.iterdir()):
+            return
+        for entry in self.path.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         try:
             self.path.rmdir()
         except OSError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,10 @@ def resolve_request(request: TrainRequest) -> tuple[Config, RunFolder, bool]:
     """The config and run folder of a new run or of a resumed one."""
     if request.resume is not None:
         run = RunFolder(request.resume)
+        if request.out is not None and os.path.realpath(request.out) != os.path.realpath(run.path):
+            raise UserError(f"--out {request.out} with --resume {run.path}: a resumed run continues "
+                            "in its own folder; drop --out (or copy the run folder to "
+                            f"{request.out} and resume that copy)")
         if not run.config_path.is_file():
             raise UserError(f"--resume {run.path}: no config.json there; not a run folder")
         import json
@@ -120,6 +125,7 @@ class Trainer:
                  stop: StopFlag | None = None, fresh: bool = True):
         self.cfg = cfg
         self.run = run
+        self.fresh = fresh
         self.emit = on_event or (lambda event: None)
         self.stop = stop or StopFlag()
         self.ctx = ctx or dist_utils.DistContext()
@@ -231,6 +237,8 @@ class Trainer:
         """For a stop message: only claim a last good checkpoint when one exists."""
         if self.run.read_index(strict=False):
             return f"last good checkpoint kept in {self.run.path}"
+        if self.fresh:  # `run` removes the new folder: the same command can be run again
+            return f"no checkpoint was saved yet: the new run folder {self.run.path} is removed"
         return f"no checkpoint was saved yet: {self.run.path} has nothing to resume from"
 
     def restore(self) -> None:
@@ -286,6 +294,14 @@ class Trainer:
         if self.ctx.is_main:
             self.run.truncate_metrics(self.start_epoch)
             self.run.sync_last(entry)  # last.safetensors may be newer than the index, or damaged
+            missing = sorted(set(range(1, self.start_epoch + 1))
+                             - {r.get("epoch") for r in self.run.read_metrics()})
+            if missing:  # a cut or lost line: the checkpoint is past it, the rows cannot be redone
+                shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+                self.emit(Message(
+                    f"{self.run.metrics_path} has no row for epoch(s) {shown} (a line was lost "
+                    f"or cut); the run continues from its epoch-{self.start_epoch} checkpoint, so "
+                    "those epochs stay without metrics", "note"))
         where = f"epoch {self.start_epoch + 1}" + (f", step {self.start_step}" if self.start_step else "")
         fallback = f" (the newest intact checkpoint, {entry['weights']})" if notes else ""
         self.emit(Message(f"resuming {self.run.path} at {where}{fallback}"))
@@ -549,6 +565,8 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
             run = RunFolder(Path(dist_utils.main_first(create, ctx)))
         elif ctx.is_main:
             _note(emit, lock.acquire())
+        if resuming:
+            check_resume_target(run, cfg, run.read_index(strict=False))  # before any write
         emit, board = _with_tensorboard(emit, cfg, run, ctx)
         try:
             trainer = Trainer(cfg, run, ctx, data=data, on_event=emit, stop=stop,
@@ -561,13 +579,14 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
         if resuming:  # checks model and data against the checkpoint before anything is written
             _resume_notes(emit, run, cfg, trainer)
             trainer.restore()
+            check_resume_target(run, cfg, [{"epoch": trainer.start_epoch}])
             if trainer.start_epoch >= cfg.optim.epochs:
                 emit(Message(f"{run.path} already finished its {trainer.start_epoch} epoch(s): "
                              "nothing to train (extend it with more optim.epochs)"))
-        if ctx.is_main:
+        if ctx.is_main and not (resuming and trainer.start_epoch >= cfg.optim.epochs):
             atomic_write_bytes(run.path / "manifest.json",
                                (trainer.data.folder / "manifest.json").read_bytes())
-            if resuming:
+            if resuming:  # what the run now continues with (the changes were said above)
                 atomic_write_text(run.config_path, cfg.to_json())
         if not resuming:
             emit(Message(f"training {cfg.method.name} ({cfg.preset}) on {trainer.data.folder} "
@@ -576,12 +595,33 @@ def run(cfg: Config, run: RunFolder, resuming: bool, *, data: PreparedData | Non
             rows = trainer.fit()
         except StopRequested as stopped:
             return TrainResult(run.path, [], stopped=True, exit_code=stopped.exit_code)
+        except Exception:
+            if ctx.is_main and not resuming:  # failed before its first checkpoint: nothing kept,
+                if board is not None:         # so the same command can be run again
+                    board.close()
+                    board = None
+                lock.release()
+                run.discard_new()
+            raise
         return TrainResult(run.path, rows)
     finally:
         if board is not None:
             board.close()
         lock.release()
         dist_utils.shutdown()
+
+
+def check_resume_target(run: RunFolder, cfg: Config, entries: list[dict[str, Any]]) -> None:
+    """A resume may extend a run (more optim.epochs) or set a new, nearer target, but never
+    one before the epochs it has trained: config.json would then say fewer epochs than its
+    metrics hold ("2 of 1 epochs"). Refused before anything is written."""
+    done = max((int(e.get("epoch", 0)) for e in entries), default=0)
+    if cfg.optim.epochs < done:
+        raise UserError(
+            f"--resume {run.path}: the run has trained {done} epoch(s), so optim.epochs = "
+            f"{cfg.optim.epochs} (--epochs) would end it before where it is; nothing was changed: "
+            f"give at least {done} epochs (more extends it), or train a new run with --out"
+        )
 
 
 def _with_tensorboard(emit: Callback, cfg: Config, run: RunFolder, ctx):
