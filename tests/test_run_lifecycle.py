@@ -107,3 +107,14 @@ def test_a_resume_over_a_cut_metrics_line_says_which_epochs_have_no_row(cli, two
     assert "has no row for epoch(s) 2 (a line was lost or cut)" in " ".join(out.split())
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 3]
+
+
+def test_a_new_run_onto_a_file_says_it_is_a_file(cli, data, tmp_path):
+    """`train --out FILE` said "run folder FILE already exists and is not empty; use --resume
+    FILE" (resuming a file cannot work). Now it says what FILE is; the file is untouched."""
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    code, out, err = cli("train", "--data", data, "--out", target, *FAST)
+    assert code == 2
+    one_error_line(err, f"--out {target} is a file, not a folder")
+    assert target.read_text() == "mine"

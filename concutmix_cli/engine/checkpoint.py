@@ -262,6 +262,9 @@ class RunFolder:
         """Raise if a new run cannot use this folder (before anything is loaded or written)."""
         from concutmix_cli.engine.runlock import LOCK_NAME
 
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out {self.path} is a file, not a folder; a run needs a new folder: "
+                            "choose another --out")
         if self.path.exists() and (not self.path.is_dir() or any(
                 p.name != LOCK_NAME for p in self.path.iterdir())):
             raise UserError(
