@@ -48,6 +48,11 @@ Callbacks = Union[Callback, list[Callback], tuple[Callback, ...], None]
 Paths = Union[Path, str, list[Union[Path, str]], tuple[Union[Path, str], ...]]
 """One path (that one run or image) or several."""
 
+
+def _paths(given: Paths) -> list[Path]:
+    """`Paths` as a list: one path alone is that one (never its characters)."""
+    return [Path(p) for p in ([given] if isinstance(given, (str, Path)) else given)]
+
 STRICT = pydantic.ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
 """How arguments are checked: strictly (lax coercion would hide mistakes: 32.5 -> 32), numbers
 finite, our own classes (Config, PreparedData, StopFlag) by isinstance."""
@@ -228,8 +233,7 @@ def predict(run_or_weights: Path | str, images: Paths, *, top_k: int = 5, batch_
     `images` is one of them or a list of them."""
     from concutmix_cli.inference import predict_images
 
-    given = [images] if isinstance(images, (str, Path)) else list(images)
-    return predict_images(Path(run_or_weights), [Path(i) for i in given], top_k=top_k,
+    return predict_images(Path(run_or_weights), _paths(images), top_k=top_k,
                           batch_size=batch_size, device=device, skip_bad=skip_bad)
 
 
@@ -261,8 +265,7 @@ def report(runs: Paths, *, group_by: str | None = None, evaluate: bool = True):
     line, say) is in its `.notes`."""
     from concutmix_cli.reporting import build_report
 
-    given = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    return build_report([Path(r) for r in given], group_by, evaluate=evaluate)
+    return build_report(_paths(runs), group_by, evaluate=evaluate)
 
 
 @_checked
@@ -274,6 +277,5 @@ def plot(runs: Paths, out: Path | str, *, fmt: str = "png", split: str = "test",
     (matplotlib)."""
     from concutmix_cli.plots import plot_runs
 
-    given = [runs] if isinstance(runs, (str, Path)) else list(runs)
-    return plot_runs([Path(r) for r in given], Path(out), fmt, split=split, device=device,
+    return plot_runs(_paths(runs), Path(out), fmt, split=split, device=device,
                      force=force, callbacks=callbacks)

@@ -250,11 +250,11 @@ def evaluate(
     """Top-1 overall, many/medium/few, balanced accuracy, macro-F1, per-class precision and
     recall, and ECE of trained weights."""
     from concutmix_cli.engine.evaluate import predict_run, report_of
-    from concutmix_cli.outputs import check_outputs, recorded_data
+    from concutmix_cli.outputs import check_outputs, run_inputs
     from concutmix_cli.progress import WorkBar, print_table
 
-    out = check_outputs({"--out": out}, reads=[run, *([data] if data else [])], force=force,
-                        data=[data or recorded_data(run)]).get("--out")  # before any work
+    out = check_outputs({"--out": out}, force=force,
+                        **run_inputs(run, data)).get("--out")  # before any work
     if plot is not None:
         picture_plan = _eval_picture_plan(run, plot, plot_format, force, data)
     with WorkBar(err_console) as bar:
@@ -313,7 +313,7 @@ def _print_per_class(report: dict) -> None:
 
 def _eval_picture_plan(run: Path, folder: Path, fmt: str, force: bool, data: Optional[Path]):
     """`eval --plot`'s label and metrics rows, with its target files checked before any work."""
-    from concutmix_cli.outputs import is_run_folder, recorded_data
+    from concutmix_cli.outputs import is_run_folder, run_inputs
     from concutmix_cli.plots import FORMATS, check_targets, planned_files, require_matplotlib
     from concutmix_cli.runs import read_run
 
@@ -326,7 +326,7 @@ def _eval_picture_plan(run: Path, folder: Path, fmt: str, force: bool, data: Opt
         _warn("note", note)
     label = (run.resolve().name if run.is_dir() else run.stem) or "run"
     check_targets(planned_files(folder, [label], fmt, True, bool(rows)), force,
-                  [run, *([data] if data else [])], [data or recorded_data(run)])
+                  **run_inputs(run, data))
     return label, rows
 
 
@@ -352,15 +352,14 @@ def inspect_labels(
     from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
     from concutmix_cli.inspect import MAX_TILES, check_num, dump_bytes, grid_png_bytes, inspect_run
     from concutmix_cli.inspect import rows_csv_text
-    from concutmix_cli.outputs import check_outputs, recorded_data
+    from concutmix_cli.outputs import check_outputs, run_inputs
 
     check_num(num)  # before any work, as the other checks of the options
     if image is not None and num > MAX_TILES:
         raise UserError(f"--image draws at most {MAX_TILES} tiles (got --num {num:,}); use a "
                         f"smaller --num with --image, or --csv / --out for many samples")
-    targets = check_outputs({"--out": out, "--image": image, "--csv": csv},
-                            reads=[run, *([data] if data else [])], force=force,
-                            data=[data or recorded_data(run)])
+    targets = check_outputs({"--out": out, "--image": image, "--csv": csv}, force=force,
+                            **run_inputs(run, data))
     out, image, csv = (targets.get(option) for option in ("--out", "--image", "--csv"))
     from concutmix_cli.progress import WorkBar
 

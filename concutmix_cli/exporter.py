@@ -128,13 +128,14 @@ def export_model(run_or_weights: Path, fmt: str, out: Path, *, force: bool = Fal
     an existing file only with `force`."""
     from concutmix_cli.engine.evaluate import load_trained_model, resolve_weights
     from concutmix_cli.inference import model_preprocess
-    from concutmix_cli.outputs import check_outputs, recorded_data
+    from concutmix_cli.outputs import check_outputs, run_inputs
 
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     weights = resolve_weights(run_or_weights)
-    out = check_outputs({"out": out}, reads=[run_or_weights, weights], force=force,
-                        data=[recorded_data(run_or_weights)])["out"]
+    inputs = run_inputs(run_or_weights)
+    inputs["reads"].append(weights)  # a run folder's last.safetensors
+    out = check_outputs({"out": out}, force=force, **inputs)["out"]
     net, cfg, meta = load_trained_model(weights, torch.device("cpu"))
     preprocess = model_preprocess(meta, cfg, weights)
     module = Classifier(net, preprocess["mean"], preprocess["std"]).eval()

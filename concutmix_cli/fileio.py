@@ -57,17 +57,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str | None:
+    """What a file of `st_mode` is when it is not a regular file ("a FIFO", "a folder", ...);
+    None for a regular file. One wording for every reader and writer that refuses such files."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
+
+
 def _refuse_special(path: Path) -> None:
     """The rename would replace a symlink, device, FIFO or socket at `path` with a regular file
     (as root, `/dev/null` itself): refuse. Outputs a user names are resolved and checked before
     (outputs.check_outputs); this is the last line of defence for every writer."""
     try:
-        mode = os.lstat(path).st_mode
+        kind = file_kind(os.lstat(path).st_mode)
     except OSError:
         return
-    if not stat.S_ISREG(mode):
-        raise UserError(f"{path} is not a regular file (a link, device, FIFO or socket); "
-                        "refusing to replace it: write to a regular file")
+    if kind is not None:
+        raise UserError(f"{path} is {kind}, not a regular file; refusing to replace it: write "
+                        "to a regular file")
 
 
 def _naming(err: OSError, path: Path) -> OSError:
@@ -136,6 +149,23 @@ def json_text(obj: Any, **kwargs: Any) -> str:
                          "as JSON") from None
 
 
+def _refuse_non_finite(token: str) -> float:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token} is out of range")
+    return value
+
+
+def strict_json_loads(text: str) -> Any:
+    """json.loads of JSON proper: NaN, Infinity and numbers beyond float (1e999) are refused
+    (ValueError), as our writers never write them (`json_text`) and other tools reject them."""
+    return json.loads(text, parse_constant=_refuse_non_finite, parse_float=_finite_float)
+
+
 def read_json_lines(path: Path | str) -> tuple[list[dict[str, Any]], str | None]:
     """The rows of a JSON-lines file (metrics.jsonl) up to the first line that is not a JSON
     object, and where the reading stopped (None: every line was read), as words for a note:
@@ -146,22 +176,12 @@ def read_json_lines(path: Path | str) -> tuple[list[dict[str, Any]], str | None]
     rows before it. Blank lines are skipped. NaN and Infinity are not JSON (our writers never
     write them, other tools reject them) and stop the reading like any other bad line. An
     unreadable file is the caller's OSError; undecodable bytes make their line unreadable."""
-
-    def refuse_non_finite(token: str) -> float:
-        raise ValueError(f"{token} is not JSON")
-
-    def finite_float(token: str) -> float:
-        value = float(token)
-        if not math.isfinite(value):
-            raise ValueError(f"{token} is out of range")
-        return value
-
     lines = Path(path).read_bytes().decode("utf-8", errors="replace").split("\n")
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
     rows: list[dict[str, Any]] = []
     for position, (number, line) in enumerate(numbered):
         try:
-            row = json.loads(line, parse_constant=refuse_non_finite, parse_float=finite_float)
+            row = strict_json_loads(line)
         except json.JSONDecodeError:
             last = position == len(numbered) - 1
             why = "not JSON" + (" (cut short, as by a crash?)" if last else "")

@@ -66,14 +66,15 @@ class ExclusiveLock:
     """`with ExclusiveLock(path, what):` or `acquire()` / `release()`; releasing twice is
     harmless. `what` names the thing being written for the refusal ("RUN", "--out DATA")."""
 
-    def __init__(self, path: Path, what: str):
+    def __init__(self, path: Path, what: str, rule: str = "one writer at a time"):
         self.path = Path(path)
         self.what = what
+        self.rule = rule
         self.fd: int | None = None
 
     def refusal(self, holder: dict) -> UserError:
         return UserError(f"{self.what} is being written by {describe(holder)} (lock {self.path}); "
-                         "one writer at a time: wait for it to finish, or stop that process first")
+                         f"{self.rule}: wait for it to finish, or stop that process first")
 
     def acquire(self) -> str | None:
         """Take the lock or raise UserError naming the holder; returns a note when the lock of a

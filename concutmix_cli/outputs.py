@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Iterable
 
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import file_kind
 
 RUN_FILES = frozenset({"config.json", "manifest.json", "metrics.jsonl", "last.safetensors",
                        "best.safetensors", "checkpoints.json"})
@@ -54,16 +54,12 @@ def owner_of(path: Path) -> str | None:
 
 
 def special_kind(path: Path) -> str | None:
-    """What `path` is when it exists and is not a regular file or folder (links followed)."""
+    """What `path` is when it exists and is not a regular file (links followed): "a FIFO",
+    "a character device", ... (`fileio.file_kind`)."""
     try:
-        mode = os.stat(path).st_mode
+        return file_kind(os.stat(path).st_mode)
     except OSError:
         return None
-    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
-                       (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return name
-    return None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -79,20 +75,19 @@ def dataset_images(folder: Path | None) -> tuple[str, frozenset[str]] | None:
     """(image root, the relative paths its split lists name) of a prepared dataset that keeps
     image files (ImageNet-like lists, a user's large images), so that no output lands on one of
     them; None for other folders. Best effort: an unreadable folder names no images."""
+    from concutmix_cli.data.lists import read_split_list
+
     if folder is None:
         return None
     try:
         body = json.loads((Path(folder) / "manifest.json").read_text())
         if body.get("kind") != "lists" or not body.get("root"):
             return None
-        names: set[str] = set()
-        for listed in (body.get("splits") or {}).values():
-            if isinstance(listed, str) and "/" not in listed:
-                text = (Path(folder) / listed).read_text(encoding="utf-8")
-                names |= {os.path.normpath(line.strip().rsplit(None, 1)[0])
-                          for line in text.splitlines() if len(line.split()) > 1}
+        names = {os.path.normpath(rel) for listed in (body.get("splits") or {}).values()
+                 if isinstance(listed, str) and "/" not in listed
+                 for rel, _ in read_split_list(Path(folder) / listed)}
         return os.path.realpath(body["root"]), frozenset(names)
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, UserError):
         return None
 
 
@@ -111,6 +106,12 @@ def recorded_data(run_or_weights: Path) -> Path | None:
         return Path(config["data"]["path"])
     except Exception:  # noqa: BLE001 - best effort; loading the run reports what is wrong
         return None
+
+
+def run_inputs(run: Path, data: Path | None = None) -> dict[str, list]:
+    """What a command that loads `run` (a run folder or weights file) and evaluates it on `data`
+    (default: the data it trained on) reads, as `check_outputs`' `reads` and `data`."""
+    return {"reads": [run, *([data] if data else [])], "data": [data or recorded_data(run)]}
 
 
 def check_outputs(outputs: dict[str, Path | None], reads: Iterable[Path] = (), *,
@@ -140,7 +141,7 @@ def check_outputs(outputs: dict[str, Path | None], reads: Iterable[Path] = (), *
             raise refuse(f"cannot be created: {above} is a file, not a folder")
         kind = special_kind(path)
         if kind is not None:
-            raise refuse(f"is a {kind}, not a regular file; outputs are written to regular files "
+            raise refuse(f"is {kind}, not a regular file; outputs are written to regular files "
                          "only (writing would replace the node): give a file path")
         real = os.path.realpath(path)
         if os.path.exists(path) and not os.path.exists(real):

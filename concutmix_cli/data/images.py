@@ -33,9 +33,8 @@ import numpy as np
 from PIL import Image
 
 from concutmix_cli.errors import UserError
+from concutmix_cli.fileio import file_kind
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 _NO_BLOCK = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 """Opening a FIFO with O_NONBLOCK returns at once (then fstat refuses it) instead of waiting for
 a writer; on a regular file the flag changes nothing."""
@@ -64,8 +63,7 @@ def shown_path(path: str | os.PathLike) -> str:
 
 
 def _not_regular(mode: int) -> str:
-    kind = next((name for test, name in _KINDS if test(mode)), "an unknown kind of file")
-    return f"not a regular file ({kind})"
+    return f"not a regular file ({file_kind(mode)})"
 
 
 def file_identity(path: str | os.PathLike) -> tuple[int, int] | None:

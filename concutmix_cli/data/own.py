@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
-
 from concutmix_cli.data import longtail
 from concutmix_cli.data.images import (UnreadableImage, decode_rgb, file_identity, is_utf8,
                                        open_regular, reason_of, shown_path, walk_files)
@@ -316,12 +314,6 @@ def _short(text: str, limit: int = 40) -> str:
 
 # --------------------------------------------------------------------------------------------
 # Decoding (once), held-out splits
-
-
-def decode(path: str) -> Image.Image:
-    """An 8-bit RGB PIL image, fully decoded (truncated files fail here, not in training); only
-    regular files are opened (`images.decode_rgb`)."""
-    return decode_rgb(path)
 
 
 def decode_all(root: Path, items: list[Item], side: int | None, skip_bad: bool,

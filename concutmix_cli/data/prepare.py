@@ -174,11 +174,11 @@ def clean_stale_staging(out: Path) -> list[str]:
 
 
 def _write_atomically(out: Path, stage: callable, force: bool,
-                      inputs: dict[str, Path | None] | None = None, notes: list[str] | None = None
-                      ) -> None:
+                      inputs: dict[str, Path | None] | None = None) -> list[str]:
     """Build the folder under a temporary sibling name, then rename it into place; on any
     failure the old folder (if any) is back in place and no temporary folder is left. One
-    prepare at a time per `out` (a lock beside it); what a killed one left is cleaned first."""
+    prepare at a time per `out` (a lock beside it); what a killed one left is cleaned first.
+    Returns notes on what was done besides (a lock taken over, leftovers removed)."""
     from concutmix_cli.locking import ExclusiveLock
 
     out = Path(os.path.abspath(out))  # `--out .` has a name and a parent once absolute
@@ -187,8 +187,7 @@ def _write_atomically(out: Path, stage: callable, force: bool,
     check_replaceable(out, force, inputs or {})  # before creating anything
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = ExclusiveLock(_lock_path(out), f"--out {out}")
-    notes = notes if notes is not None else []
-    notes += [note for note in [lock.acquire()] if note]
+    notes = [note for note in [lock.acquire()] if note]
     try:
         notes += clean_stale_staging(out)
         check_replaceable(out, force, inputs or {})  # another prepare may have finished meanwhile
@@ -213,6 +212,7 @@ def _write_atomically(out: Path, stage: callable, force: bool,
                     shutil.rmtree(leftover, ignore_errors=True)
     finally:
         lock.release()
+    return notes
 
 
 def check_numbers(dataset: str, imbalance: float, seed: int, classes: int,
@@ -363,9 +363,8 @@ def prepare(
     inputs = {"--source": source, "--root": root or (Path("data/torchvision") if downloads else None),
               "--train-list": train_list, "--val-list": val_list, "--test-list": test_list,
               "--train": train, "--val": val, "--test": test}
-    notes: list[str] = []
-    _write_atomically(out, stage, force, {k: Path(v) for k, v in inputs.items() if v is not None},
-                      notes)
+    notes = _write_atomically(out, stage, force,
+                              {k: Path(v) for k, v in inputs.items() if v is not None})
     return PrepareResult(out=out, manifest=result["manifest"], notes=notes)
 
 

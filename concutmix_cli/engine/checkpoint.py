@@ -79,9 +79,9 @@ def _read_verified(path: Path) -> bytes:
     only a mismatch that stays is damage."""
     from concutmix_cli.engine.runlock import being_written
 
+    index = _index_of(path)
     started = time.monotonic()
     while True:
-        index = _index_of(path)
         before = _stamps(path, index)
         try:
             raw = path.read_bytes()

@@ -20,16 +20,8 @@ class RunLock(ExclusiveLock):
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        super().__init__(self.folder / LOCK_NAME, str(self.folder))
-
-    def refusal(self, holder: dict):
-        from concutmix_cli.errors import UserError
-        from concutmix_cli.locking import describe
-
-        return UserError(
-            f"{self.folder} is being written by {describe(holder)} (lock {self.path}); a run "
-            "folder takes one writer at a time: wait for it to finish, or stop that process first"
-        )
+        super().__init__(self.folder / LOCK_NAME, str(self.folder),
+                         rule="a run folder takes one writer at a time")
 
 
 def being_written(folder: Path) -> bool:
