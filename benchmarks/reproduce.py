@@ -49,6 +49,7 @@ from concutmix_cli.config import build_config, upgrade_saved_config  # noqa: E40
 from concutmix_cli.engine.resume import changed_settings  # noqa: E402
 from concutmix_cli.engine.runlock import LOCK_NAME  # noqa: E402
 from concutmix_cli.errors import UserError  # noqa: E402
+from concutmix_cli.methods import method as method_of  # noqa: E402
 from concutmix_cli.fileio import atomic_write_text, json_text  # noqa: E402
 from concutmix_cli.outputs import check_outputs  # noqa: E402
 
@@ -192,7 +193,9 @@ class Planned:
 
 
 def expected_config(run: Run, data: Path, tiny: bool):
-    overrides = [*(TINY_OVERRIDES if tiny else FULL_OVERRIDES), *run.overrides]
+    uses = method_of(run.method).settings  # a method.* setting its method ignores is refused
+    overrides = [o for o in (*(TINY_OVERRIDES if tiny else FULL_OVERRIDES), *run.overrides)
+                 if not o.startswith("method.") or o.split("=", 1)[0].split(".", 1)[1] in uses]
     cfg = build_config(preset=run.preset, overrides=overrides, shortcuts={
         "data.path": str(data), "method.name": run.method, "runtime.seed": run.seed})
     return cfg, overrides

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from concutmix_cli.config import build_config  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
-from concutmix_cli.engine.train import Trainer  # noqa: E402
+from concutmix_cli.engine.loop import Trainer  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +65,7 @@ def train(trainer: Trainer, steps: int) -> tuple[int, dict[str, float]]:
                 warnings.simplefilter("always")
                 if cuda:
                     torch.cuda.set_sync_debug_mode("warn")
-                trainer.run_step(batch)
+                trainer.step(batch)
                 if cuda:
                     torch.cuda.set_sync_debug_mode("default")
             syncs += sum("synchroniz" in str(w.message) for w in caught)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from concutmix_cli.config import build_config  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
-from concutmix_cli.engine.train import Trainer  # noqa: E402
+from concutmix_cli.engine.loop import Trainer  # noqa: E402
 from concutmix_cli.methods import METHODS  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "cifar100.npz"
@@ -82,11 +82,14 @@ def build_trainer(args, data: Path, workdir: Path) -> Trainer:
     from concutmix_cli.data.longtail import read_manifest
 
     num_classes = int(read_manifest(data)["num_classes"])
+    uses = METHODS[args.method].settings  # a method.* setting the method ignores is refused
+    method_sets = [f"method.{key}={value}" for key, value in (
+        ("top_k", min(30, num_classes)), ("rectify_after_epoch", -1), ("cutmix_prob", 0.5))
+        if key in uses]
     overrides = [
-        f"method.top_k={min(30, num_classes)}", f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
+        f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
         f"data.num_workers={args.num_workers}", "optim.warmup_epochs=0", "optim.epochs=1000",
-        "method.rectify_after_epoch=-1", "method.cutmix_prob=0.5", f'runtime.step="{args.step}"',
-        *args.overrides,
+        *method_sets, f'runtime.step="{args.step}"', *args.overrides,
     ]
     cfg = build_config(preset="cifar100-lt-if100", overrides=overrides,
                        shortcuts={"optim.batch_size": args.batch_size, "method.name": args.method,
@@ -106,7 +109,14 @@ def real_steps(trainer: Trainer):
 
 def train_one(trainer: Trainer, batch) -> None:
     """One step exactly as `concutmix train` makes it (finiteness check and sums included)."""
-    trainer.run_step(batch)
+    trainer.step(batch)
+
+
+def optimizer_step(trainer: Trainer) -> None:
+    """The eager optimizer step (through the grad scaler), outside the step object."""
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)
 
 
 def measure_real(trainer: Trainer, stream, steps: int) -> tuple[float, int]:
@@ -135,13 +145,13 @@ def profile_real(trainer: Trainer, steps: int) -> dict[str, float]:
         batch = next(stream)
         _sync(device)
         t1 = time.perf_counter()
-        result = trainer.step_fn(trainer.train_model, batch, batch.epoch)
+        result = trainer.step.step_fn(trainer.train_model, batch, batch.epoch)
         _sync(device)
         t2 = time.perf_counter()
         trainer.scaler.scale(result.loss).backward()
         _sync(device)
         t3 = time.perf_counter()
-        trainer.optimizer_step()
+        optimizer_step(trainer)
         _sync(device)
         t4 = time.perf_counter()
         for key, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -177,7 +187,7 @@ def ceiling_step(trainer: Trainer):
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
         else:
-            trainer.optimizer_step()
+            optimizer_step(trainer)
 
     flops_per_sample = count_flops(one) / b
     if not graphed:
@@ -281,7 +291,7 @@ def main(argv=None) -> dict:
             "steps": args.steps, "samples": timed["samples"], "rounds": len(timed["round_ratios"]),
             "samples_per_s": real, "ceiling_samples_per_s": ceiling, "ratio": real / ceiling,
             "round_ratios": timed["round_ratios"],
-            "augment_resolved": trainer.augment_on, "step": trainer.step_mode,
+            "augment_resolved": trainer.parts.augment_on, "step": trainer.step_mode,
             "step_gflop": flops * args.batch_size / 1e9,
             "tflops": flops * real / 1e12, "ceiling_tflops": flops * ceiling / 1e12,
             "profile_s_per_step": profile, **peak_memory(trainer.device),

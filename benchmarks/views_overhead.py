@@ -36,6 +36,8 @@ from torch.utils.weak import WeakTensorKeyDictionary
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from concutmix_cli.mixing import CutMix
+
 from concutmix_cli.data.loader import DeviceBatches  # noqa: E402
 from concutmix_cli.data.prepared import load_prepared  # noqa: E402
 from concutmix_cli.data.sampling import EpochPlanner  # noqa: E402
@@ -102,8 +104,8 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     data = load_prepared(args.data)
-    planner = EpochPlanner(data.train.labels, seed=0, batch_size=args.batch_size, foreground="balanced",
-                           mix_prob=0.5, mix_beta=1.0)
+    planner = EpochPlanner(data.train.labels, seed=0, batch_size=args.batch_size, 
+                           cutmix=CutMix(0.5, 1.0, "balanced", 32))
     batches = DeviceBatches(data, planner, True, device)
     steps = planner.steps_per_epoch()
 
@@ -142,8 +144,8 @@ def compare_epoch_views(args) -> dict:
     """Per-step views against chunks of `args.epoch_views` steps, over the first `args.steps` steps."""
     device = torch.device(args.device)
     data = load_prepared(args.data)
-    planner = EpochPlanner(data.train.labels, seed=0, batch_size=args.batch_size, foreground="balanced",
-                           mix_prob=0.5, mix_beta=1.0, max_steps=args.steps)
+    planner = EpochPlanner(data.train.labels, seed=0, batch_size=args.batch_size, 
+                           cutmix=CutMix(0.5, 1.0, "balanced", 32), max_steps=args.steps)
     chunk = args.epoch_views if args.epoch_views == "epoch" else int(args.epoch_views)
     made, seconds, ops = {}, {}, {}
     for name, choice in (("per_step", "off"), ("chunked", chunk)):

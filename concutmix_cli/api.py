@@ -158,12 +158,16 @@ def _with_str_paths(annotation: Any) -> Any:
 
 @functools.cache
 def _prepare_options() -> tuple[type[pydantic.BaseModel], dict[str, Any]]:
-    """A model of `data.prepare.prepare`'s options (its keyword parameters but `dataset` and
-    `out`), strict like the rest, unknown options refused; and their annotations."""
+    """A model of `data.prepare.prepare`'s options (every route's, data/routes/, and its own
+    keyword parameters but `dataset` and `out`), strict like the rest, unknown options refused;
+    and their annotations."""
+    from concutmix_cli.data import routes
     from concutmix_cli.data.prepare import prepare as run_prepare
 
     hints = typing.get_type_hints(run_prepare)
-    annotations, fields = {}, {}
+    annotations = {option.name: _with_str_paths(option.annotation) for option in routes.options()}
+    fields = {option.name: (annotations[option.name], option.default)
+              for option in routes.options()}
     for name, param in inspect.signature(run_prepare).parameters.items():
         if name in ("dataset", "out") or param.kind is not param.POSITIONAL_OR_KEYWORD \
                 and param.kind is not param.KEYWORD_ONLY:
@@ -250,11 +254,13 @@ def export(run_or_weights: Path | str, format: str, out: Path | str,  # noqa: A0
 @_checked
 def inspect_labels(run_or_weights: Path | str, *, data: Path | str | None = None, num: int = 16,
                    seed: int = 0, omega: float | None = None, top_k: int | None = None,
-                   device: str = "auto", callbacks: Callbacks = None) -> InspectReport:
-    """What rectification does to `num` mixed samples of the run's data, as data;
-    `callbacks` receive `WorkProgress` events while the samples are drawn."""
+                   device: str = "auto", callbacks: Callbacks = None,
+                   per_sample_boxes: bool = False) -> InspectReport:
+    """What rectification does to `num` mixed samples of the run's data, as data (one CutMix
+    decision per batch, as training draws them, or per sample); `callbacks` receive
+    `WorkProgress` events while the samples are drawn."""
     return inspect_run(run_or_weights, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
-                       device=device, callbacks=callbacks)
+                       device=device, callbacks=callbacks, per_sample_boxes=per_sample_boxes)
 
 
 @_checked

@@ -1,19 +1,18 @@
 """The `concutmix` command line: thin Typer commands over the importable library.
 
-Each command parses options, calls one library function and renders the result with rich.
+Each command parses options, calls one library function and renders the result with rich
+(render.py: the consoles and a printer per kind of result).
 User errors (`UserError`, unreadable paths, a full disk) print one line and exit with code 2;
 `--debug` anywhere on the command line shows the traceback instead.
 """
 
 from __future__ import annotations
 
-import errno
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -22,6 +21,10 @@ from concutmix_cli.errors import UserError
 from concutmix_cli.events import StopFlag
 from concutmix_cli.fileio import json_text
 from concutmix_cli.process import Signalled, safe_streams, termination_signals
+from concutmix_cli.render import (console, err_console, one_line, print_error, print_eval_report,
+                                  print_export, print_inspect_report, print_messages,
+                                  print_predictions, print_report, usage_line)
+from concutmix_cli.render import warn as _warn
 
 app = typer.Typer(
     add_completion=False,
@@ -30,8 +33,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts are plain: "[default: smoke]" is text, not rich markup
     help="Long-tailed image recognition with Contrastive CutMix (ConCutMix).",
 )
-console = Console()
-err_console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -159,19 +160,6 @@ def _print_own_summary(table: Table, manifest: dict) -> None:
         _warn("skipped", f"{skipped['path']} ({skipped['reason']})")
 
 
-def _print_messages(event) -> None:
-    """A library's `Message` events (notes) as stderr lines; other events are not for us."""
-    from concutmix_cli.events import Message
-
-    if isinstance(event, Message):
-        _warn(event.kind or "note", event.text)
-
-
-def _warn(kind: str, text: str) -> None:
-    """One stderr line (not wrapped: scripts grep it) with a coloured kind."""
-    err_console.print(f"[yellow]{kind}:[/] {escape(text)}", highlight=False, soft_wrap=True)
-
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -183,7 +171,8 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="optim.epochs"),
     batch_size: Optional[int] = typer.Option(None, help="optim.batch_size (global)"),
     lr: Optional[float] = typer.Option(None, help="optim.lr"),
-    method: Optional[str] = typer.Option(None, help="method.name: ce, cutmix, bcl, concutmix"),
+    method: Optional[str] = typer.Option(None, help="method.name: ce, cutmix, bcl, concutmix, "
+                                         "balanced-softmax"),
     seed: Optional[int] = typer.Option(None, help="runtime.seed"),
     device: Optional[str] = typer.Option(None, help="runtime.device: auto, cpu, cuda"),
     deterministic: Optional[bool] = typer.Option(
@@ -251,20 +240,18 @@ def evaluate(
     recall, and ECE of trained weights."""
     from concutmix_cli.engine.evaluate import predict_run, report_of
     from concutmix_cli.outputs import check_outputs, run_inputs
-    from concutmix_cli.progress import WorkBar, print_table
+    from concutmix_cli.plots import picture_of, plan_eval_pictures, write_pictures
+    from concutmix_cli.progress import WorkBar
 
     out = check_outputs({"--out": out}, force=force,
                         **run_inputs(run, data)).get("--out")  # before any work
-    if plot is not None:
-        picture_plan = _eval_picture_plan(run, plot, plot_format, force, data)
+    if plot is not None:  # its files checked before any work too
+        label, rows = plan_eval_pictures(run, plot, plot_format, force, data, print_messages)
     with WorkBar(err_console) as bar:
         found = predict_run(run, data=data, split=split, device=device, callbacks=bar)
     report = report_of(found)
     if plot is not None:
-        from concutmix_cli.plots import picture_of, write_pictures
-
-        written = write_pictures([picture_of(picture_plan[0], picture_plan[1], found)], plot,
-                                 plot_format)
+        written = write_pictures([picture_of(label, rows, found)], plot, plot_format)
         for path in written.values():
             err_console.print(f"wrote {escape(str(path))}", highlight=False)
     if out is not None:
@@ -273,61 +260,8 @@ def evaluate(
         atomic_write_text(out, json_text(report, indent=2))
     if as_json:
         typer.echo(json_text(report))
-        return
-    table = Table(title=f"eval: {report['split']} split, {report['num_samples']:,} images",
-                  title_justify="left")
-    table.add_column("metric", no_wrap=True)
-    table.add_column("value", justify="right", overflow="fold")
-    for key in ("overall", "many", "medium", "few"):
-        value = report[key]
-        table.add_row(f"top-1 {key}", _percent(value))
-    table.add_row("balanced accuracy", _percent(report["balanced_accuracy"]))
-    table.add_row("macro-F1", _percent(report["macro_f1"]))
-    table.add_row("ECE (15 bins)", "-" if report["ece"] is None else f"{report['ece']:.4f}")
-    table.add_row("epoch", str(report.get("epoch")))
-    table.add_row("weights", escape(report["source"]))
-    print_table(console, table)
-    if per_class if per_class is not None else len(report["classes"]) <= 20:
-        _print_per_class(report)
-    for note in report.get("notes", []):
-        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def _print_per_class(report: dict) -> None:
-    from concutmix_cli.progress import print_table
-
-    table = Table(title="per class", title_justify="left")
-    for column, justify in (("class", "left"), ("images", "right"), ("precision", "right"),
-                            ("recall", "right")):
-        table.add_column(column, justify=justify)
-    for name, n, precision, recall in zip(report["classes"], report["per_class_support"],
-                                          report["per_class_precision"],
-                                          report["per_class_recall"]):
-        table.add_row(escape(name), str(n), _percent(precision), _percent(recall))
-    print_table(console, table)
-
-
-def _eval_picture_plan(run: Path, folder: Path, fmt: str, force: bool, data: Optional[Path]):
-    """`eval --plot`'s label and metrics rows, with its target files checked before any work."""
-    from concutmix_cli.outputs import is_run_folder, run_inputs
-    from concutmix_cli.plots import FORMATS, check_targets, planned_files, require_matplotlib
-    from concutmix_cli.runs import read_run
-
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    require_matplotlib()
-    record = read_run(run) if run.is_dir() and is_run_folder(run) else None
-    rows = record.rows if record is not None else []
-    for note in record.notes if record is not None else []:
-        _warn("note", note)
-    label = (run.resolve().name if run.is_dir() else run.stem) or "run"
-    check_targets(planned_files(folder, [label], fmt, True, bool(rows)), force,
-                  **run_inputs(run, data))
-    return label, rows
+    else:
+        print_eval_report(report, per_class)
 
 
 # ----------------------------------------------------------------------------- inspect-labels
@@ -347,6 +281,9 @@ def inspect_labels(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     force: bool = typer.Option(False, help="replace --out / --image / --csv files that exist"),
+    per_sample_boxes: bool = typer.Option(
+        False, help="one lambda and box per sample (a range of ratios); training, and the "
+        "default, draw one per batch of the run's batch size"),
 ) -> None:
     """Show what label rectification does to real mixed samples."""
     from concutmix_cli.fileio import atomic_write_bytes, atomic_write_text
@@ -365,7 +302,8 @@ def inspect_labels(
 
     with WorkBar(err_console) as bar:  # a bar only for draws long enough to need one
         report = inspect_run(run, data=data, num=num, seed=seed, omega=omega, top_k=top_k,
-                             device=device, callbacks=bar if num >= 256 else None)
+                             device=device, callbacks=bar if num >= 256 else None,
+                             per_sample_boxes=per_sample_boxes)
     if out is not None:
         atomic_write_bytes(out, dump_bytes(report.result))
     if image is not None:
@@ -375,59 +313,7 @@ def inspect_labels(
     if as_json:
         typer.echo(json_text(report.summary))
     else:
-        _print_inspect_report(report)
-
-
-def _fmt3(x: float) -> str:
-    return f"{x:.3f}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
-
-
-def _print_inspect_report(report) -> None:
-    """The table of samples, the per-group summary and the notes of an `InspectReport`."""
-    from concutmix_cli.inspect import GROUPS
-    from concutmix_cli.progress import print_table
-
-    result, rows, summary, notes = report.result, report.rows, report.summary, report.notes
-    meta = result.meta
-    title = (f"{meta.get('source', 'model')} (epoch {meta.get('epoch')}): {result.num} mixed "
-             f"samples, seed {result.seed}, omega {result.omega:.4g}, top_k {result.top_k}")
-    table = Table(title=escape(title), title_justify="left")
-    for name, justify in (("#", "right"), ("class a", "left"), ("lam", "right"),
-                          ("class b", "left"), ("semantic top-3", "left"),
-                          ("omega*rho", "right"), ("max |rect-area|", "right"),
-                          ("prediction", "left")):
-        table.add_column(name, justify=justify, no_wrap=name != "semantic top-3")
-    for row in rows:
-        sem = ", ".join(f"{row[f'sem{j}']} {row[f'sem{j}_weight']:.2f}" for j in (1, 2, 3)
-                        if row[f"sem{j}"])
-        table.add_row(
-            str(row["sample"]), escape(row["class_a"]), f"{row['lam']:.2f}", escape(row["class_b"]),
-            escape(sem), _fmt3(row["omega_rho"]), _fmt3(row["max_change"]),
-            escape(f"{row['prediction']} {row['prediction_prob']:.2f}"),
-        )
-    print_table(console, table)
-
-    stats = Table(title="summary (groups: shot group of class a; head = many, tail = few)",
-                  title_justify="left")
-    for name in ("group", "n", "mean omega*rho", "max omega*rho", "mean L1 |rect-area|",
-                 "sem top-1 = a", "= b", "neither"):
-        stats.add_column(name, justify="left" if name == "group" else "right", no_wrap=True)
-    labels = {"all": "all", "many": "head (many)", "medium": "medium", "few": "tail (few)"}
-    for key in ("all", *GROUPS):
-        s = summary[key]
-        if s["n"] == 0:
-            stats.add_row(labels[key], "0", *["-"] * 6)
-            continue
-        stats.add_row(
-            labels[key], str(s["n"]), _fmt3(s["omega_rho_mean"]), _fmt3(s["omega_rho_max"]),
-            _fmt3(s["l1_mean"]), f"{100 * s['semantic_top1_a']:.0f}%",
-            f"{100 * s['semantic_top1_b']:.0f}%", f"{100 * s['semantic_top1_neither']:.0f}%",
-        )
-    print_table(console, stats)
-    for note in notes:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-
-
+        print_inspect_report(report)
 
 
 # ----------------------------------------------------------------------------- predict, export
@@ -476,16 +362,7 @@ def predict(
     elif as_csv:
         typer.echo(csv_text, nl=False)
     else:
-        table = Table(title=escape(f"{result.source} (epoch {result.epoch}): {len(result.rows)} "
-                                   "image(s)"), title_justify="left")
-        for column, justify in (("image", "left"), ("class", "left"), ("probability", "right"),
-                                ("next", "left")):
-            table.add_column(column, justify=justify)
-        for row in result.rows:
-            first, rest = row["top"][0], row["top"][1:]
-            table.add_row(escape(row["path"]), escape(first["class"]), f"{first['probability']:.3f}",
-                          escape(", ".join(f"{t['class']} {t['probability']:.3f}" for t in rest)))
-        console.print(table)
+        print_predictions(result)
 
 
 @app.command("export")
@@ -498,14 +375,7 @@ def export(
     """The classifier (normalization inside) as TorchScript or ONNX, checked by loading it back."""
     from concutmix_cli.exporter import export_model
 
-    result = export_model(run, format_, out, force=force)  # checks --out before any work
-    if result.max_difference is not None:
-        console.print(f"wrote {escape(str(result.out))} ({result.format}); loaded back with "
-                      f"{result.checked_with}: logits within {result.max_difference:.1e} of the "
-                      "original's (relative to their scale)", highlight=False, soft_wrap=True)
-    else:
-        console.print(f"wrote {escape(str(result.out))} ({result.format})", highlight=False)
-        _warn("note", result.note or "")
+    print_export(export_model(run, format_, out, force=force))  # checks --out before any work
 
 
 # ----------------------------------------------------------------------------- plot, report
@@ -526,7 +396,7 @@ def plot(
 
     with WorkBar(err_console) as bar:
         written = plot_runs(list(runs), out, plot_format, split=split, device=device,
-                            force=force, callbacks=[bar, _print_messages])
+                            force=force, callbacks=[bar, print_messages])
     for what, path in written.items():
         console.print(f"{what}: {escape(str(path))}", highlight=False)
 
@@ -557,45 +427,10 @@ def report(
     elif as_csv:
         typer.echo(csv_text(result), nl=False)
     else:
-        _print_report(result)
-
-
-def _print_report(result) -> None:
-    from concutmix_cli.progress import print_table
-    from concutmix_cli.reporting import group_table_rows, run_table_rows
-
-    title = "last epoch, test split (accuracies in %)"
-    tables = [(title, *run_table_rows(result))]
-    if result.groups:
-        tables.append(("mean ± sample std per group", *group_table_rows(result)))
-    for caption, header, body in tables:
-        table = Table(title=caption, title_justify="left")
-        for i, name in enumerate(header):
-            table.add_column(name, justify="left" if i == 0 or name == "method" else "right",
-                             no_wrap=i > 0, overflow="fold")
-        for row in body:
-            table.add_row(*(escape(cell) for cell in row))
-        print_table(console, table)
-    for row in result.runs:
-        for note in row.notes:
-            err_console.print(f"[yellow]note:[/] {escape(row.run)}: {escape(note)}", highlight=False)
+        print_report(result)
 
 
 # ----------------------------------------------------------------------------- entry point
-
-
-def _one_line(err: BaseException) -> str:
-    param = getattr(err, "param", None)
-    if param and str(err).startswith(param):  # the library names its parameter; we, the option
-        return _one_line(Exception(f"--{param.replace('_', '-')}{str(err)[len(param):]}"))
-    if isinstance(err, OSError):
-        what = err.strerror or str(err)
-        where = f": {err.filename}" if err.filename else ""
-        hint = " (free some space and run again)" if err.errno == errno.ENOSPC else ""
-        text = f"{what}{where}{hint}"
-    else:
-        text = str(err)
-    return " ".join(text.split())  # one line, whatever the message holds
 
 
 def _click_exceptions():
@@ -607,15 +442,8 @@ def _click_exceptions():
     return exceptions
 
 
-def _usage_line(err) -> str:
-    """A click usage error (bad option value, unknown command or option) as our one line."""
-    ctx = getattr(err, "ctx", None)
-    where = ctx.command_path if ctx is not None else "concutmix"
-    return f"{_one_line(Exception(err.format_message()))} (see `{where} --help`)"
-
-
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    print_error(message)
     sys.exit(code)
 
 
@@ -639,11 +467,11 @@ def _run(debug: bool) -> None:
     except click_exc.ClickException as err:  # usage errors: bad value, unknown option/command
         if debug:
             raise
-        _fail(_usage_line(err), 2)
+        _fail(usage_line(err), 2)
     except (UserError, OSError) as err:
         if debug:
             raise
-        _fail(_one_line(err), 2)
+        _fail(one_line(err), 2)
     except (KeyboardInterrupt, typer.Abort):
         if debug:
             raise

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import json_text
@@ -143,7 +143,7 @@ class RuntimeConfig(_Section):
     max_steps_per_epoch: int = Field(0, ge=0)
     """Cap on steps per epoch (0 = the whole epoch); for smoke runs and benchmarks."""
     step: Literal["auto", "eager", "sync_free", "graphed"] = "auto"
-    """How a training step runs (engine/syncfree.py). eager: checks each loss on the host and
+    """How a training step runs (engine/steps.py). eager: checks each loss on the host and
     reports a bad step at once. sync_free: the same arithmetic with no host sync (a non-finite
     step is skipped on the device by the fused SGD and counted; read every few steps). graphed:
     sync_free captured in one CUDA graph per step variant (CUDA only). Both need one process, no
@@ -161,6 +161,13 @@ class Config(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     preset: str = "custom"
     """The name of the preset this config came from (informational)."""
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        """What resolving this config noticed for the user (settings of the preset that the
+        chosen method ignores); `train` says them once. Not saved."""
+        return self._notes
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Config":
@@ -255,17 +262,18 @@ def _format_validation_error(err: ValidationError, origin: str,
 
 
 def upgrade_saved_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """A config saved by an older version (a run's config.json or a weights file's metadata),
-    rewritten with the new names so that it means what it meant when it was saved.
+    """A config saved by older code (a run's config.json or a weights file's metadata),
+    rewritten with the current names so that it means what it meant when it was saved.
 
-    Version 0.1 had no `model.classifier` (its classifier was always the cosine one) and named E_r
-    `method.rectify_start_epoch`, the first rectified epoch (`rectify_after_epoch` = that - 1), and
-    dropped the last partial batch. A saved config holds every key, so a missing
-    `model.classifier` marks a 0.1 config; configs of this version pass through unchanged.
+    Configs saved before the linear classifier existed (before the recipe fidelity fixes of
+    issue 11) have no `model.classifier` key (their classifier was always the cosine one), name
+    E_r `method.rectify_start_epoch` (the first rectified epoch: `rectify_after_epoch` is one
+    less) and dropped the last partial batch. A saved config holds every key, so a missing
+    `model.classifier` marks such a config; a current config passes through unchanged.
     """
     raw = json.loads(json.dumps(raw))
     runtime = raw.get("runtime")
-    if isinstance(runtime, dict):  # accepted by 0.1 and 0.2 and never used: dropped
+    if isinstance(runtime, dict):  # `runtime.compile`: in older configs, never used; dropped
         runtime.pop("compile", None)
     model = raw.get("model")
     if isinstance(model, dict) and "classifier" not in model:
@@ -343,6 +351,8 @@ def build_config(
     raw: dict[str, Any] = json.loads(json.dumps(base)) if base is not None else {}
     if preset is not None:
         raw = load_preset_dict(preset)
+    preset_method = raw.get("method") if preset is not None else None
+    preset_keys = set(preset_method) if isinstance(preset_method, dict) else set()
     sources: dict[str, str] = {}
     for section, value in raw.items():  # `optim = 3` in a preset: not a table
         if section in Config.model_fields and section != "preset" and not isinstance(value, dict):
@@ -359,5 +369,28 @@ def build_config(
         apply_override(raw, assignment)
         sources[".".join(p for p in assignment.split("=", 1)[0].strip().split(".") if p)] = (
             f"--set {assignment}")
-    return config_from_dict(raw, origin=f"preset {preset}" if preset else "config",
-                            sources=sources)
+    cfg = config_from_dict(raw, origin=f"preset {preset}" if preset else "config",
+                           sources=sources)
+    cfg._notes.extend(_check_method_settings(cfg, preset, preset_keys, sources))
+    return cfg
+
+
+def _check_method_settings(cfg: Config, preset: str | None, preset_keys: set[str],
+                           sources: dict[str, str]) -> list[str]:
+    """A `method.*` setting the chosen method does not read (its row's `settings`) is refused
+    when the command line gave it (it would silently do nothing), and noted once when it came
+    from a preset written for another method; a saved config (resume) holds every key: silent."""
+    row = method_of(cfg.method.name)
+    given = [key for key in sources if key.startswith("method.")
+             and key.split(".", 1)[1] not in row.settings]
+    if given:
+        key = given[0]
+        reads = [f"method.{k}" for k in row.settings if k != "name"]
+        uses = f"it reads {', '.join(reads)}" if reads else "it has no settings of its own"
+        raise UserError(f"{sources[key]}: method {row.name} does not use {key} ({uses}); drop it "
+                        "or choose a method that uses it")
+    ignored = sorted(k for k in preset_keys if k not in row.settings)
+    if not ignored:
+        return []
+    return [f"preset {preset} sets {', '.join('method.' + k for k in ignored)}, ignored by "
+            f"method {row.name}"]

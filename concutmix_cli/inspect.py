@@ -1,11 +1,13 @@
 """What label rectification (docs/method-notes.md section 6) does to real mixed samples.
 
 Three layers, so that notebooks and tests can stop at any of them:
-- `draw_mixed_samples`: N CutMix samples made the way training makes them (the classification
-  view of a background image A drawn uniformly from the training set, pasted with the box of a
-  class-balanced foreground image B). Unlike training, which draws ONE lambda and ONE box per
-  batch, every sample here gets its own lambda ~ Beta(cutmix_beta, cutmix_beta) and its own box,
-  so one dump shows a range of mixing ratios. Depends only on (data, seed, views, beta).
+- `draw_mixed_samples`: N CutMix samples made the way training makes them, through the very
+  `mixing.CutMix` object training uses (the classification view of a background image A drawn
+  uniformly from the training set, pasted with the box of a class-balanced foreground image B;
+  one lambda and one box per batch of the run's batch size, as training draws them). With
+  `per_sample_boxes` every sample gets its own lambda and box instead, so one dump shows a range
+  of mixing ratios (an option, named so: training never does this). Depends only on (data,
+  seed, views, beta, batch size or per-sample boxes).
 - `inspect_labels`: the trained model in eval mode on those samples, then `rectify_labels`, the
   very function `train` calls; returns an `InspectResult` (no printing, no files).
 - `inspect_run`: a trained run (or weights file) end to end: loads it and its data, checks the
@@ -28,13 +30,11 @@ import torch
 
 from concutmix_cli import __version__
 from concutmix_cli.data.prepared import PreparedData
-from concutmix_cli.data.sampling import ClassBalancedSampler, counter_rng, counter_seed
+from concutmix_cli.data.sampling import ClassBalancedSampler, counter_rng
 from concutmix_cli.config import MAX_SEED
-from concutmix_cli.engine.step import rectifies
 from concutmix_cli.errors import BadValue, UserError
 from concutmix_cli.methods import method as method_of
-from concutmix_cli.mixing import area_labels as make_area_labels
-from concutmix_cli.mixing import draw_lambda, paste, sample_boxes
+from concutmix_cli.mixing import CutMix
 from concutmix_cli.rectify import rectification_weight, rectify_labels
 
 __all__ = [
@@ -75,6 +75,7 @@ MAX_TILES = 256
 TILE_MIN_SIDE = 128
 """Images smaller than this are upscaled (nearest, integer factor) in the PNG grid."""
 GRID_COLUMNS = 8
+LAMBDA_PER_SAMPLE = "per sample: lam ~ Beta(cutmix_beta, cutmix_beta) and one box per sample"
 
 
 # ----------------------------------------------------------------------------- drawing samples
@@ -87,7 +88,8 @@ class MixedSamples:
     images: [N, 3, H, W] float32, normalized with the data's mean/std (what the model sees);
     index_a / index_b: training-set indices of the background and foreground images;
     class_a / class_b: their classes (int64); lam: [N] exact fraction of A's pixels left;
-    boxes: [N, 4] (y0, y1, x0, x1) half-open, as `mixing.sample_boxes` returns them.
+    boxes: [N, 4] (y0, y1, x0, x1) half-open (the same row for every sample of a batch, unless
+    drawn per sample).
     """
 
     images: torch.Tensor
@@ -114,16 +116,20 @@ def _image_reader(data: PreparedData):
 
 def draw_mixed_samples(
     data: PreparedData, num: int, seed: int, views_kind: str = "cifar", cutmix_beta: float = 1.0,
-    callbacks=None,
+    callbacks=None, *, batch_size: int = 128, per_sample_boxes: bool = False,
 ) -> MixedSamples:
     """Draw `num` CutMix samples from the training split, reproducibly from `seed`.
 
-    A: uniform over the training images; B: class-balanced (`ClassBalancedSampler`: a class
-    uniformly, then one of its images); lam ~ Beta(cutmix_beta, cutmix_beta) and a box per
-    sample (`draw_lambda`, `sample_boxes`); both images get the training classification view
-    (`views.classification_view`) under torch's RNG seeded per sample (the global RNG is left
-    untouched); `mixing.paste` pastes B's box into A and recomputes lam from the clipped box.
+    A: uniform over the training images; B: class-balanced (`CutMix.pick_foreground` with a
+    `ClassBalancedSampler`: a class uniformly, then one of its images); both images get the
+    training classification view (`views.classification_view`) under torch's RNG seeded per
+    sample (the global RNG is left untouched). The mix is `CutMix`'s, as in training: one
+    decision (lambda ~ Beta(cutmix_beta, cutmix_beta) and a box) per `batch_size` samples, or one
+    per sample with `per_sample_boxes`; `CutMix.apply` pastes B's box into A and recounts lam
+    from the clipped box.
     """
+    if batch_size < 1:
+        raise BadValue(f"batch_size must be at least 1 (got {batch_size})", param="batch_size")
     from concutmix_cli.data.views import classification_view
 
     check_num(num, MAX_NUM if views_kind == "cifar" else MAX_NUM_LARGE)
@@ -131,11 +137,14 @@ def draw_mixed_samples(
     if len(labels) == 0:
         raise UserError(f"{data.folder}: the training split is empty")
     index_a = counter_rng(seed, _INSPECT_STREAM, _BACKGROUND).integers(0, len(labels), size=num)
-    index_b = ClassBalancedSampler(labels).draw(num, counter_rng(seed, _INSPECT_STREAM, _FOREGROUND))
+    side = data.view_side(views_kind)
+    cutmix = CutMix(prob=1.0, beta=cutmix_beta, foreground="balanced", size=side)
+    index_b = cutmix.pick_foreground(index_a, counter_rng(seed, _INSPECT_STREAM, _FOREGROUND),
+                                     ClassBalancedSampler(labels).draw)
     view_seeds = counter_rng(seed, _INSPECT_STREAM, _VIEWS).integers(0, 2**63 - 1, size=num)
 
     read = _image_reader(data)
-    view = classification_view(views_kind, data.mean, data.std, data.view_side(views_kind))
+    view = classification_view(views_kind, data.mean, data.std, side)
     backgrounds, foregrounds = [], []
     triples = zip(index_a, index_b, view_seeds)
     if callbacks is not None:  # WorkProgress events; the caller draws them (or not)
@@ -150,11 +159,14 @@ def draw_mixed_samples(
     background = torch.stack(backgrounds)
     foreground = torch.stack(foregrounds)
 
-    generator = torch.Generator().manual_seed(counter_seed(seed, _INSPECT_STREAM, _LAMBDA))
-    lam_draw = draw_lambda(num, cutmix_beta, generator)
-    height, width = background.shape[-2:]
-    boxes = sample_boxes(lam_draw, height, width, generator)
-    mixed, lam = paste(background, foreground, boxes)
+    rng = counter_rng(seed, _INSPECT_STREAM, _LAMBDA)
+    if per_sample_boxes:
+        boxes = torch.stack([d.box for d in cutmix.decide_each(num, rng)])
+    else:  # one decision per batch, as training draws it (prob 1: every batch is mixed here)
+        batches = range(0, num, batch_size)
+        boxes = torch.cat([cutmix.decide(rng).box.expand(min(batch_size, num - start), 4)
+                           for start in batches])
+    mixed, lam = CutMix.apply(background, foreground, boxes)
     index_a_t = torch.from_numpy(np.asarray(index_a, dtype=np.int64))
     index_b_t = torch.from_numpy(np.asarray(index_b, dtype=np.int64))
     label_t = torch.from_numpy(labels)
@@ -245,6 +257,8 @@ def inspect_labels(
     batch_size: int = 256,
     train_mode_prototypes: bool = False,
     callbacks=None,
+    mix_batch_size: int = 128,
+    per_sample_boxes: bool = False,
 ) -> InspectResult:
     """Draw `num` mixed samples, run `model` in eval mode, rectify their area labels.
 
@@ -254,11 +268,13 @@ def inspect_labels(
     normalizes the C weight rows with their own statistics. `train_mode_prototypes=True`
     computes the prototypes that way instead (on a copy of the head, so no running statistics
     change). The model's train/eval mode is restored afterwards. Forward passes run in float32,
-    `batch_size` images at a time.
+    `batch_size` images at a time. `mix_batch_size` samples share one CutMix decision (the
+    run's optim.batch_size: as training draws them), or each has its own with `per_sample_boxes`.
     """
     validate_settings(omega, top_k, data.num_classes)
     device = torch.device(device)
-    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta, callbacks=callbacks)
+    samples = draw_mixed_samples(data, num, seed, views_kind, cutmix_beta, callbacks=callbacks,
+                                 batch_size=mix_batch_size, per_sample_boxes=per_sample_boxes)
     num_classes = data.num_classes
     counts = torch.tensor(data.train_counts, dtype=torch.float32)
 
@@ -283,7 +299,7 @@ def inspect_labels(
     features_t = torch.cat(features)
     probs = torch.cat(logits).softmax(dim=1)
 
-    area = make_area_labels(samples.class_a, samples.class_b, samples.lam, num_classes)
+    area = CutMix.targets(samples.class_a, samples.class_b, samples.lam, num_classes)
     rect = rectify_labels(area, features_t, prototypes, counts, omega, top_k)
 
     mean = torch.tensor(data.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -297,6 +313,9 @@ def inspect_labels(
         weight=rectification_weight(rect, omega), rectified_labels=rect.rectified, probs=probs,
         omega=float(omega), top_k=int(top_k), seed=int(seed), classes=list(data.classes),
         shot_groups={g: list(data.manifest.get("shot_groups", {}).get(g, [])) for g in GROUPS},
+        meta={"lambda": LAMBDA_PER_SAMPLE if per_sample_boxes else
+              f"per batch of {mix_batch_size}: one lam ~ Beta(cutmix_beta, cutmix_beta) and one "
+              "box, as training draws them"},
     )
 
 
@@ -408,7 +427,7 @@ def dump_bytes(result: InspectResult) -> bytes:
         "data": str(result.meta.get("data", "")),
         "classes": json.dumps(result.classes),
         "shot_groups": json.dumps(result.shot_groups),
-        "lambda": "per sample: lam ~ Beta(cutmix_beta, cutmix_beta) and one box per sample",
+        "lambda": str(result.meta.get("lambda", "")),
     }
     for key in ("cutmix_beta", "train_omega", "train_top_k", "rectify_after_epoch"):
         if key in result.meta:
@@ -523,10 +542,12 @@ def inspect_run(
     device: str = "auto",
     *,
     callbacks=None,
+    per_sample_boxes: bool = False,
 ) -> InspectReport:
     """Load a run folder or weights file (and its data, or `data`), draw `num` mixed samples with
-    `seed`, rectify them with the run's omega / top_k (or the ones given). Errors are `UserError`s
-    naming the parameter."""
+    `seed` (one CutMix decision per batch of the run's optim.batch_size, as training draws them, or
+    one per sample with `per_sample_boxes`), rectify them with the run's omega / top_k (or the
+    ones given). Errors are `UserError`s naming the parameter."""
     from concutmix_cli.engine.evaluate import (
         check_data_matches, load_data_of, load_trained_model, resolve_weights,
     )
@@ -553,7 +574,7 @@ def inspect_run(
     result = inspect_labels(
         model, prepared, num, seed, omega_v, top_k_v, torch_device, views_kind=cfg.data.views,
         cutmix_beta=cfg.method.cutmix_beta, batch_size=cfg.data.eval_batch_size,
-        callbacks=callbacks,
+        callbacks=callbacks, mix_batch_size=cfg.optim.batch_size, per_sample_boxes=per_sample_boxes,
     )
     epoch = meta.get("epoch")
     result.meta.update({
@@ -565,7 +586,7 @@ def inspect_run(
     after = cfg.method.rectify_after_epoch
     method = method_of(cfg.method.name)
     # `epoch` epochs done = 0-based epochs 0..epoch-1; the first rectified one is after + 1
-    if isinstance(epoch, int) and method.rectifies and not rectifies(cfg.method, epoch - 1):
+    if isinstance(epoch, int) and method.rectifies and not method.rectifies_in(cfg.method, epoch - 1):
         notes.append(f"these weights were saved after {epoch} epoch(s), before training used "
                      f"rectified labels (0-based epochs after {after}: method.rectify_after_epoch)")
     if not method.rectifies:

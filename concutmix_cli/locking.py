@@ -1,5 +1,5 @@
 """One writer at a time: an exclusive `flock` on a lock file, held while a command writes a run
-folder (`train`, engine/runlock.py) or a dataset folder (`prepare --out`, data/prepare.py).
+folder (`train`, engine/runlock.py) or a dataset folder (`prepare --out`, data/staging.py).
 
 Why flock: the kernel releases it when the holder dies, however it dies (SIGKILL, OOM, power
 off of a local disk), so a killed process never leaves a lock stuck; a lock file left behind by

@@ -1,44 +1,112 @@
-"""CutMix with a class-balanced foreground (docs/method-notes.md section 3), as pure tensor functions.
+"""CutMix with a class-balanced foreground (docs/method-notes.md section 3): the one owner of mixing.
 
-The sampler picks *which* images are mixed; this module only draws lambda and the boxes,
-pastes, and builds the area labels. Boxes and lambda draws are made on the CPU with an explicit
-`torch.Generator`, so a run is reproducible from its seed and its saved generator state (the
-reference code reseeded numpy inside the dataset and repeated its lambda draws: docs/method-notes.md section 8).
-Pasting and labels run on the images' own device (CPU or CUDA alike).
+`CutMix` decides a step's mix (the probability, the Beta draw of lambda, the box, where the
+foreground images come from), pastes the box and builds the area labels, as timm's `Mixup` owns
+its alphas, mode and targets. The planner (data/sampling.py) asks it for each step's decision,
+the training step (engine/step.py) applies it, and inspect-labels (inspect.py) draws through the
+very same object, so what inspect-labels shows is what training does.
+
+Decisions are drawn from a counter-derived numpy Generator handed in by the caller (and the box
+from a torch Generator seeded from it) on the CPU, so a run is reproducible from its seed and
+resumable mid-epoch (the reference reseeded numpy inside the dataset and repeated its lambda
+draws: docs/method-notes.md section 8). Pasting and labels run on the images' own device.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Callable, Literal
 
+import numpy as np
 import torch
 
-__all__ = ["area_labels", "box_masks", "draw_lambda", "paste", "sample_boxes"]
+__all__ = ["CutMix", "MixDecision", "area_labels", "box_masks", "paste", "sample_boxes"]
+
+Foreground = Literal["batch", "balanced"]
 
 
-def draw_lambda(n: int, beta: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """`n` draws of Beta(beta, beta) as float32 on the CPU, reproducible from `generator`.
+@dataclass(frozen=True)
+class MixDecision:
+    """One CutMix draw: lambda, the Beta draw (the exact per-sample lambda is recounted from the
+    clipped box when pasting), and the box, int64 [4] (y0, y1, x0, x1), half-open."""
 
-    Beta(1, 1) (the published recipe) is Uniform(0, 1): drawn directly with `torch.rand`.
-    torch's gamma sampler (hence `torch.distributions.Beta`) cannot take a generator, so for any
-    other beta we draw a seed from `generator` and sample under `torch.random.fork_rng` seeded
-    with it: the result depends only on the generator's state, and the global CPU RNG is left
-    exactly as it was. With `generator=None` the global RNG is used directly.
-    """
-    if n < 0:
-        raise ValueError(f"draw_lambda: n must be >= 0, got {n}")
-    if not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"draw_lambda: beta must be a finite number > 0, got {beta}")
-    if beta == 1.0:
-        return torch.rand(n, generator=generator, dtype=torch.float32)
-    conc = torch.full((n,), float(beta), dtype=torch.float32)
-    dist = torch.distributions.Beta(conc, conc)
-    if generator is None:
-        return dist.sample().clamp_(0.0, 1.0)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return dist.sample().clamp_(0.0, 1.0)
+    lam: float
+    box: torch.Tensor
+
+
+class CutMix:
+    """CutMix of view 0 with a foreground image: probability `prob`, lambda ~ Beta(`beta`,
+    `beta`), boxes on a `size` x `size` view, foreground images from a shuffle of the same batch
+    ('batch', plain CutMix) or a class-balanced draw ('balanced', ConCutMix).
+
+    Training draws one decision per batch (one lambda, one box for every sample, as the
+    reference does); `decide_each` draws one per sample, for inspect-labels' explicit option."""
+
+    def __init__(self, prob: float, beta: float, foreground: Foreground, size: int):
+        if not (0.0 <= prob <= 1.0):
+            raise ValueError(f"CutMix: prob must be in [0, 1], got {prob}")
+        if not (np.isfinite(beta) and beta > 0):
+            raise ValueError(f"CutMix: beta must be a finite number > 0, got {beta}")
+        if foreground not in ("batch", "balanced"):
+            raise ValueError(f"CutMix: foreground must be 'batch' or 'balanced', got {foreground!r}")
+        if size < 1:
+            raise ValueError(f"CutMix: the view size must be >= 1, got {size}")
+        self.prob, self.beta, self.foreground, self.size = float(prob), float(beta), foreground, size
+
+    @classmethod
+    def of_method(cls, method, settings, size: int) -> "CutMix | None":
+        """The mixing of a method's row (`methods.Method`; None when it does not mix) under its
+        settings (`config.MethodConfig`: cutmix_prob, cutmix_beta), boxes on `size` x `size`."""
+        if method.foreground is None:
+            return None
+        return cls(settings.cutmix_prob, settings.cutmix_beta, method.foreground, size)
+
+    def decide(self, rng: np.random.Generator) -> MixDecision | None:
+        """A step's decision from its own generator: mixed with probability `prob` (None when
+        not), lambda, and the box drawn from lambda as float32 by a torch Generator seeded from
+        `rng` (the draws, in this order, are what every recorded run replays)."""
+        mixed = bool(rng.random() < self.prob)
+        lam = float(rng.beta(self.beta, self.beta)) if mixed else 1.0
+        box_seed = int(rng.integers(0, 2**63 - 1))
+        if not mixed:
+            return None
+        generator = torch.Generator().manual_seed(box_seed % 2**63)
+        box = sample_boxes(torch.tensor([lam]), self.size, self.size, generator)[0]
+        return MixDecision(lam, box)
+
+    def decide_each(self, n: int, rng: np.random.Generator) -> list[MixDecision]:
+        """`n` independent mixed decisions (one per sample), ignoring `prob`."""
+        return [self._mixed(rng) for _ in range(n)]
+
+    def _mixed(self, rng: np.random.Generator) -> MixDecision:
+        lam = float(rng.beta(self.beta, self.beta))
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        return MixDecision(lam, sample_boxes(torch.tensor([lam]), self.size, self.size, generator)[0])
+
+    def pick_foreground(self, background: np.ndarray, rng: np.random.Generator,
+                        balanced: Callable[[int, np.random.Generator], np.ndarray] | None
+                        ) -> np.ndarray:
+        """The foreground image of each background image: `balanced(n, rng)` (a class-balanced
+        sampler's draw) for ConCutMix, a permutation of the batch itself for plain CutMix."""
+        if self.foreground == "balanced":
+            if balanced is None:
+                raise ValueError("CutMix('balanced') needs the class-balanced sampler's draw")
+            return balanced(len(background), rng)
+        return background[rng.permutation(len(background))]
+
+    @staticmethod
+    def apply(background: torch.Tensor, foreground: torch.Tensor, box: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paste the foreground's `box` ([4], the batch's one box, or [N, 4], one per sample)
+        into each background; returns (mixed, exact lambda per sample [N])."""
+        boxes = box.expand(background.shape[0], 4) if box.dim() == 1 else box
+        return paste(background, foreground, boxes)
+
+    @staticmethod
+    def targets(class_a: torch.Tensor, class_b: torch.Tensor, lam: torch.Tensor,
+                num_classes: int) -> torch.Tensor:
+        """The area labels of mixed samples (`area_labels`)."""
+        return area_labels(class_a, class_b, lam, num_classes)
 
 
 def sample_boxes(

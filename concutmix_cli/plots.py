@@ -35,6 +35,14 @@ def require_matplotlib():
     return Figure
 
 
+def check_format(fmt: str):
+    """A picture format `write_pictures` knows and matplotlib installed, or one line saying
+    which is not; returns matplotlib's Figure class."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    return require_matplotlib()
+
+
 @dataclass
 class RunPicture:
     """What the pictures of one run need."""
@@ -211,9 +219,7 @@ def write_pictures(pictures: list[RunPicture], out: Path, fmt: str = "png") -> d
     """Draw every picture the runs allow into folder `out`; returns {what: path}."""
     from concutmix_cli.fileio import atomic_write_bytes
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    require_matplotlib()
+    check_format(fmt)
     with_predictions = all(p.per_class is not None for p in pictures)
     with_curves = any(p.rows for p in pictures)
     files = planned_files(out, [p.label for p in pictures], fmt, with_predictions, with_curves)
@@ -255,6 +261,27 @@ def check_targets(files: dict[str, Path], force: bool, reads: list[Path],
         check_outputs({"--out": path}, reads=list(reads), force=force, data=data)
 
 
+def plan_eval_pictures(run: Path, out: Path, fmt: str = "png", force: bool = False,
+                       data: Path | None = None, callbacks=None) -> tuple[str, list[dict[str, Any]]]:
+    """The label and metrics rows of the pictures of one evaluated run (`eval --plot`), with
+    the files they go to checked before any work. `run` is a run folder or a weights file
+    (no learning curves); `callbacks` receive a `Message` per note on the run's metrics."""
+    from concutmix_cli.events import Message, emitter
+    from concutmix_cli.outputs import is_run_folder, run_inputs
+    from concutmix_cli.runs import read_run
+
+    check_format(fmt)
+    record = read_run(run) if run.is_dir() and is_run_folder(run) else None
+    rows = record.rows if record is not None else []
+    emit = emitter(callbacks)
+    for note in record.notes if record is not None else []:
+        emit(Message(note, "note"))
+    label = (run.resolve().name if run.is_dir() else run.stem) or "run"
+    check_targets(planned_files(out, [label], fmt, True, bool(rows)), force,
+                  **run_inputs(run, data))
+    return label, rows
+
+
 def plot_runs(paths: list[Path], out: Path, fmt: str = "png", split: str = "test",
               device: str = "auto", force: bool = False, callbacks=None) -> dict[str, Path]:
     """Evaluate each run's last.safetensors on `split` and draw the pictures into `out`
@@ -263,9 +290,7 @@ def plot_runs(paths: list[Path], out: Path, fmt: str = "png", split: str = "test
     from concutmix_cli.engine.evaluate import predict_run
     from concutmix_cli.runs import read_runs
 
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    require_matplotlib()  # before the evaluations
+    check_format(fmt)  # before the evaluations
     from concutmix_cli.outputs import recorded_data
 
     records = read_runs(paths)

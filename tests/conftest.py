@@ -46,7 +46,7 @@ def one_epoch_run(folder: Path, data: Path, *overrides: str) -> Path:
 
     from concutmix_cli.config import build_config
     from concutmix_cli.engine.checkpoint import RunFolder
-    from concutmix_cli.engine.train import Trainer
+    from concutmix_cli.engine.loop import Trainer
     from concutmix_cli.fileio import atomic_write_text
 
     cfg = build_config(preset="smoke", overrides=[f"data.path='{data}'", "optim.batch_size=16",

@@ -24,6 +24,9 @@ import torch
 RECORDING = Path(__file__).resolve().parent / "data" / "recorded_steps.json"
 METHODS = ("ce", "cutmix", "bcl", "concutmix")
 PATHS = ("loader", "device")
+THREADS = 2
+"""torch's CPU threads while recording (the recording machine's 2 cores; another test may
+have left the process at 1, which splits reductions, and so rounds, differently)."""
 
 
 def machine() -> str:
@@ -51,7 +54,7 @@ def _batch_summary(batch, result) -> dict:
         "labels": batch.labels.tolist(),
         "fg_labels": None if batch.fg_labels is None else batch.fg_labels.tolist(),
         "mixed": bool(batch.mixed),
-        "lam": float(lam),
+        "lam": 1.0 if lam is None else float(lam),
         "box": None if batch.box is None else batch.box.tolist(),
         "views": {name: _sums(getattr(batch, name)) for name in ("view0", "view1", "view2", "fg_view0")
                   if getattr(batch, name) is not None},
@@ -69,11 +72,15 @@ def record_one(method: str, augment_on: str, data: Path, out: Path) -> dict:
     from concutmix_cli.engine.checkpoint import RunFolder
     from concutmix_cli.engine.train import run
 
+    from concutmix_cli.methods import method as method_of
+
+    uses = method_of(method).settings  # the settings a method does not read are refused
     cfg = build_config(preset="smoke", overrides=[
         f"data.path='{data}'", f"method.name='{method}'", f"data.augment_on='{augment_on}'",
         "runtime.device='cpu'", "optim.batch_size=16", "runtime.max_steps_per_epoch=3",
-        "data.num_workers=0", "method.top_k=3",
-        "method.rectify_after_epoch=0", "runtime.seed=5", "runtime.step='eager'",
+        "data.num_workers=0", "runtime.seed=5", "runtime.step='eager'",
+        *[f"method.{key}={value}" for key, value in (("top_k", 3), ("rectify_after_epoch", 0))
+          if key in uses],
     ])
     steps: list[dict] = []
     original = step_module.MethodStep.__call__
@@ -84,15 +91,18 @@ def record_one(method: str, augment_on: str, data: Path, out: Path) -> dict:
         return result
 
     step_module.MethodStep.__call__ = recording
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)  # the split of a reduction changes its rounding
     try:
         result = run(cfg, RunFolder(out), False)
+        weights = load_file(str(out / "last.safetensors"))
+        summed = {k: _sums(v) for k, v in sorted(weights.items())}
     finally:
         step_module.MethodStep.__call__ = original
+        torch.set_num_threads(threads)
     rows = [{k: row[k] for k in ("epoch", "loss", "loss_cls", "train_acc", "test_top1",
                                  "mixed_steps", "rect_weight")} for row in result.rows]
-    weights = load_file(str(out / "last.safetensors"))
-    return {"steps": steps, "rows": rows,
-            "weights": {k: _sums(v) for k, v in sorted(weights.items())}}
+    return {"steps": steps, "rows": rows, "weights": summed}
 
 
 def record_all(workdir: Path) -> dict:

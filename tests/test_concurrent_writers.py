@@ -30,10 +30,10 @@ PREPARE = ["prepare", "synthetic-lt", "--n-max", "20", "--imbalance", "10"]
 CHILD = r"""
 import os, signal, sys, time
 from pathlib import Path
-from concutmix_cli.data import prepare as prep
+from concutmix_cli.data import staging
 
 action, flag = sys.argv[1], Path(sys.argv[2])
-real_stage, real_replace = prep._stage_arrays, os.replace
+real_stage, real_replace = staging.stage_arrays, os.replace
 
 def stage(staging, *args, **kwargs):
     fields = real_stage(staging, *args, **kwargs)  # the split files are in the staging folder
@@ -51,7 +51,7 @@ def replace(src, dst):  # "swap": killed after the old dataset was moved aside
     if action == "swap" and Path(dst).name == "old":
         os.kill(os.getpid(), signal.SIGKILL)
 
-prep._stage_arrays = stage
+staging.stage_arrays = stage
 os.replace = replace
 from concutmix_cli.cli import main
 sys.argv = ["concutmix", *sys.argv[3:]]

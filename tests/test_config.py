@@ -67,9 +67,10 @@ def test_large_scale_presets():
     assert (inat.optim.batch_size, inat.optim.accumulate) == (128, 2)
 
 
-def test_a_saved_config_of_version_0_1_keeps_its_meaning():
-    # 0.1 wrote no model.classifier (always cosine), named E_r rectify_start_epoch (the first
-    # rectified epoch) and dropped the last partial batch.
+def test_a_config_saved_before_the_linear_classifier_keeps_its_meaning():
+    # Configs saved before the linear classifier existed hold no model.classifier (always
+    # cosine), name E_r rectify_start_epoch (the first rectified epoch) and dropped the last
+    # partial batch.
     old = Config().model_dump()
     del old["model"]["classifier"], old["optim"]["drop_last"], old["method"]["rectify_after_epoch"]
     old["method"]["rectify_start_epoch"] = 7
@@ -84,12 +85,46 @@ def test_a_saved_config_of_version_0_1_keeps_its_meaning():
 def test_overrides_and_shortcuts_layer_in_order():
     cfg = build_config(
         preset="cifar100-lt-if100",
-        shortcuts={"optim.epochs": 3, "method.name": "ce", "optim.lr": None},
-        overrides=["optim.epochs=7", "method.omega=0.5", 'data.path="elsewhere"', "optim.milestones=[1, 2]"],
+        shortcuts={"optim.epochs": 3, "method.name": "cutmix", "optim.lr": None},
+        overrides=["optim.epochs=7", "method.cutmix_beta=0.5", 'data.path="elsewhere"', "optim.milestones=[1, 2]"],
     )
     assert cfg.optim.epochs == 7  # --set wins over a shortcut option
-    assert cfg.method.name == "ce" and cfg.optim.lr == 0.15  # None shortcuts leave the preset value
-    assert cfg.method.omega == 0.5 and cfg.data.path == "elsewhere" and cfg.optim.milestones == [1, 2]
+    assert cfg.method.name == "cutmix" and cfg.optim.lr == 0.15  # None shortcuts leave the preset value
+    assert cfg.method.cutmix_beta == 0.5 and cfg.data.path == "elsewhere" and cfg.optim.milestones == [1, 2]
+
+
+@pytest.mark.parametrize("name", ["ce", "cutmix", "bcl", "concutmix", "balanced-softmax"])
+def test_a_setting_the_method_ignores_is_refused_from_the_command_line(name):
+    from concutmix_cli.config import MethodConfig
+    from concutmix_cli.methods import method as method_of
+
+    uses = method_of(name).settings
+    for key in MethodConfig.model_fields:
+        value = 3 if key in ("top_k", "rectify_after_epoch") else 0.5
+        call = lambda: build_config(preset="smoke", shortcuts={"method.name": name},  # noqa: E731
+                                    overrides=[f"method.{key}={value}"] if key != "name" else [])
+        if key in uses:
+            call()
+            continue
+        with pytest.raises(UserError) as err:
+            call()
+        assert str(err.value).startswith(f"--set method.{key}={value}: method {name} does not use "
+                                         f"method.{key}"), str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_preset_settings_another_method_ignores_are_noted_once():
+    cfg = build_config(preset="cifar100-lt-if100", shortcuts={"method.name": "ce"})
+    assert cfg.notes == ["preset cifar100-lt-if100 sets method.alpha, method.beta, method.omega, "
+                         "method.rectify_after_epoch, method.tau, method.temperature, method.top_k, "
+                         "ignored by method ce"]
+    assert build_config(preset="cifar100-lt-if100").notes == []  # the preset's own method
+    bcl = build_config(preset="cifar100-lt-if100", shortcuts={"method.name": "bcl"})
+    assert bcl.notes == ["preset cifar100-lt-if100 sets method.omega, method.rectify_after_epoch, "
+                         "method.top_k, ignored by method bcl"]
+    # a saved config (resume) holds every key: nothing to say; and notes are never saved
+    assert build_config(base=json.loads(cfg.to_json())).notes == []
+    assert "notes" not in json.loads(cfg.to_json())
 
 
 def test_bare_string_override_is_accepted():

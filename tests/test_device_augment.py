@@ -220,7 +220,8 @@ def test_resized_crop_equals_pil_and_torchvision(small):
     top[0], left[0], h[0], w[0] = 0, 0, 32, 32  # identity box
     top[1], left[1], h[1], w[1] = 31, 0, 1, 32  # degenerate one-row box
     flip = torch.rand(n, generator=gen(5)) < 0.5
-    out = crop.resized_crop_flip(small, top, left, h, w, flip, 32)
+    # the package's path: tables built on the CPU (plan.plan_contrast), applied where the images are
+    out = crop.resized_crop_apply(small, crop.ResizeTables.build(top, left, h, w, flip, 32))
     assert torch.equal(out[0], TF.horizontal_flip(small[0]) if flip[0] else small[0])
     for i in range(n):
         box = (int(top[i]), int(left[i]), int(h[i]), int(w[i]))

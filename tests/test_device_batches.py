@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from concutmix_cli.mixing import CutMix
+
 from concutmix_cli.data.loader import DeviceBatches
 from concutmix_cli.data.prepared import load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
@@ -18,15 +20,15 @@ from concutmix_cli.data.sampling import EpochPlanner
 
 def _batches(tiny_data, contrast=True, mix_prob=1.0, prefetch=False, batch_size=16, epoch_views="off"):
     data = load_prepared(tiny_data)
-    planner = EpochPlanner(data.train.labels, seed=5, batch_size=batch_size, foreground="balanced",
-                           mix_prob=mix_prob, mix_beta=1.0)
+    planner = EpochPlanner(data.train.labels, seed=5, batch_size=batch_size, 
+                           cutmix=CutMix(mix_prob, 1.0, "balanced", 32))
     return DeviceBatches(data, planner, contrast, torch.device("cpu"), prefetch=prefetch,
                          epoch_views=epoch_views)
 
 
 def _views(batch) -> dict[str, torch.Tensor]:
-    """A `Batch`'s image and label tensors by name (its box is tested in test_batch.py)."""
-    return {k: v for k, v in batch.tensors().items() if k != "box"}
+    """A `Batch`'s image and label tensors by name (its box and lambda: below)."""
+    return {k: v for k, v in batch.tensors().items() if k not in ("box", "lam")}
 
 
 def _separately(db: DeviceBatches, epoch: int, step: int) -> dict[str, torch.Tensor]:
@@ -112,7 +114,8 @@ def test_epoch_views_equal_separate_views_bit_for_bit(tiny_data, contrast, epoch
     for batch in got:
         plan = db.planner.plan(1, batch.step)
         want = _separately(db, 1, batch.step) | ({"box": plan.box} if plan.mix else {})
-        assert (batch.mixed, batch.lam, batch.epoch) == (plan.mix, plan.lam, 1)
+        want |= {"lam": torch.tensor(plan.lam, dtype=torch.float32)} if plan.mix else {}
+        assert (batch.mixed, batch.epoch) == (plan.mix, 1)
         assert batch.tensors().keys() == want.keys()
         for key in want:
             assert torch.equal(batch.tensors()[key], want[key]), (batch.step, key)

@@ -108,6 +108,7 @@ def _compute(data_path: str, ctx) -> dict:
     from concutmix_cli.engine.evaluate import predict_sharded
     from concutmix_cli.engine.step import MethodStep
     from concutmix_cli.methods import method as method_of
+    from concutmix_cli.mixing import CutMix
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
@@ -121,8 +122,8 @@ def _compute(data_path: str, ctx) -> dict:
         model = _small_model(data.num_classes)
         model, train_model = wrap_model(model, ctx, device, find_unused_parameters=not contrast)
         _freeze_batch_norms(model)
-        planner = EpochPlanner(data.train.labels, seed=3, batch_size=GLOBAL_BATCH,
-                               foreground=foreground, mix_prob=mix_prob, mix_beta=1.0,
+        cutmix = CutMix.of_method(method_of(method), cfg, 32)
+        planner = EpochPlanner(data.train.labels, seed=3, batch_size=GLOBAL_BATCH, cutmix=cutmix,
                                rank=ctx.rank, world_size=ctx.world_size)
         batches = LoaderBatches(data, planner, "cifar", contrast, 0, device).epoch(epoch)
         step_fn = MethodStep(cfg, counts, ctx, None, False)

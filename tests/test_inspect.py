@@ -218,8 +218,37 @@ def test_draws_reproducible_and_varied(loaded):
     other = draw_mixed_samples(data, 16, seed=2)
     assert torch.equal(first.images, again.images) and torch.equal(first.lam, again.lam)
     assert not torch.equal(first.index_a, other.index_a)
-    assert len(set(first.lam.tolist())) > 8  # one lambda and one box per sample
     assert torch.equal(first.class_a, torch.from_numpy(data.train.labels)[first.index_a])
+    # as training: one box for a batch (16 samples < the default batch of 128), then one per
+    # batch of 4, and one per sample only when asked for
+    assert len({tuple(b) for b in first.boxes.tolist()}) == 1
+    in_fours = draw_mixed_samples(data, 16, seed=1, batch_size=4)
+    assert [len({tuple(b) for b in in_fours.boxes[i:i + 4].tolist()}) for i in range(0, 16, 4)] == [1] * 4
+    assert len({tuple(b) for b in in_fours.boxes.tolist()}) > 1
+    each = draw_mixed_samples(data, 16, seed=1, per_sample_boxes=True)
+    assert len({tuple(b) for b in each.boxes.tolist()}) > 8 and len(set(each.lam.tolist())) > 8
+    assert torch.equal(each.index_b, first.index_b)  # the same images, only the mix differs
+
+
+def test_inspect_draws_its_mix_with_trainings_cutmix(loaded):
+    """inspect-labels' boxes are `CutMix.decide` on the inspection's stream, the very draw the
+    training planner makes on its own stream: one code path."""
+    import numpy as np
+
+    from concutmix_cli.data.sampling import counter_rng
+    from concutmix_cli.inspect import _INSPECT_STREAM, _LAMBDA
+    from concutmix_cli.mixing import CutMix
+
+    _, _, data = loaded
+    got = draw_mixed_samples(data, 10, seed=3, cutmix_beta=0.7, batch_size=4)
+    rng = counter_rng(3, _INSPECT_STREAM, _LAMBDA)
+    cutmix = CutMix(1.0, 0.7, "balanced", data.view_side("cifar"))
+    want = [cutmix.decide(rng).box for _ in range(3)]
+    expected = torch.stack([want[0]] * 4 + [want[1]] * 4 + [want[2]] * 2)
+    assert torch.equal(got.boxes, expected)
+    _, lam = CutMix.apply(torch.zeros(10, 1, 32, 32), torch.ones(10, 1, 32, 32), expected)
+    assert torch.equal(got.lam, lam)
+    assert np.isclose(float(lam[0]), 1 - float(((want[0][1] - want[0][0]) * (want[0][3] - want[0][2]))) / 1024)
 
 
 @pytest.mark.parametrize("case", ["num", "untrained", "classes", "top_k", "omega"])

@@ -17,6 +17,7 @@ from concutmix_cli.config import MethodConfig
 from concutmix_cli.data.batch import Batch
 from concutmix_cli.engine.distributed import DistContext
 from concutmix_cli.engine.step import MethodStep
+from concutmix_cli.methods import method as method_of
 
 N, C, D, H = 6, 4, 5, 8
 COUNTS = torch.tensor([40.0, 12.0, 5.0, 2.0])
@@ -46,7 +47,7 @@ def _batch(mixed: bool) -> Batch:
         views.pop("fg_view0")
         return Batch(epoch=0, step=0, labels=labels, **views)
     return Batch(epoch=0, step=0, labels=labels, fg_labels=torch.tensor([1, 0, 3, 2, 0, 2]),
-                 mixed=True, lam=0.6, box=torch.tensor([2, 7, 1, 5]), **views)
+                 mixed=True, lam=torch.tensor(0.6), box=torch.tensor([2, 7, 1, 5]), **views)
 
 
 def plain_ce(logits: list[float], target: list[float]) -> float:
@@ -100,8 +101,9 @@ def expected_total(method: str, batch: Batch, model: StandIn, cfg: MethodConfig,
         logits = model(view0).logits.double().tolist()
         z = torch.cat([batch.view1, batch.view2]).flatten(1).double() @ model.b.double().T
         f0 = (view0.flatten(1).double() @ model.b.double().T).tolist()
-    contrast = method in ("bcl", "concutmix")
-    tau = cfg.tau if contrast else 0.0
+    row = method_of(method)  # the expectation follows the method's row of the table
+    contrast = row.contrast
+    tau = cfg.tau if row.tau is None else row.tau
     log_prior = [math.log(c / float(COUNTS.sum())) for c in COUNTS.tolist()]
     protos = model.p.double().tolist()
     cls = 0.0
@@ -131,6 +133,7 @@ def expected_total(method: str, batch: Batch, model: StandIn, cfg: MethodConfig,
     ("concutmix", True, 1, False),  # epoch E_r = 1 itself: the lambda-weighted CE
     ("concutmix", True, 2, True),  # after E_r: the rectified label
     ("concutmix", False, 2, False),  # an unmixed step of ConCutMix: BCL's loss
+    ("balanced-softmax", False, 0, False),
 ])
 def test_total_loss_is_the_plain_formula(method, mixed, epoch, rectified):
     cfg = MethodConfig(name=method, top_k=2, omega=0.3, rectify_after_epoch=1, tau=0.7)
@@ -142,4 +145,20 @@ def test_total_loss_is_the_plain_formula(method, mixed, epoch, rectified):
     assert float(result.loss.detach()) == pytest.approx(expected_total(method, batch, model, cfg, rectified), rel=1e-5)
     # and the total is what back-propagates
     result.loss.backward()
-    assert model.a.grad is not None and (model.p.grad is not None) == (method in ("bcl", "concutmix"))
+    assert model.a.grad is not None and (model.p.grad is not None) == method_of(method).contrast
+
+
+def test_balanced_softmax_is_ce_of_logits_plus_log_class_frequency():
+    """Ren et al. (NeurIPS 2020), eq. 4 in its training form: softmax over exp(logit_c) * n_c,
+    i.e. CE of (logits + log n_c) (log n_c and log n_c / N give the same softmax), whatever
+    method.tau says, with no contrast and no mixing."""
+    cfg = MethodConfig(name="balanced-softmax", tau=0.3)  # tau is not this method's
+    model = StandIn()
+    batch = _batch(False)
+    result = MethodStep(cfg, COUNTS, DistContext(), None, False)(model, batch, 0)
+    with torch.no_grad():
+        logits = model(batch.view0).logits.double().tolist()
+    want = sum(plain_ce([v + math.log(n) for v, n in zip(logits[i], COUNTS.tolist())],
+                        onehot(int(batch.labels[i]))) for i in range(N)) / N
+    assert float(result.loss.detach()) == pytest.approx(want, rel=1e-5)
+    assert set(result.terms) == {"cls"}

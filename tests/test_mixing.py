@@ -1,13 +1,15 @@
-"""CutMix pieces (docs/method-notes.md, section 3): boxes, masks, pasting, exact lambda, area labels, lambda draws."""
+"""CutMix (docs/method-notes.md, section 3): the `CutMix` object's decisions, boxes, masks, pasting,
+exact lambda and area labels."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from concutmix_cli.mixing import area_labels, box_masks, draw_lambda, paste, sample_boxes
+from concutmix_cli.mixing import CutMix, area_labels, box_masks, paste, sample_boxes
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -25,7 +27,7 @@ def reference_rand_bbox(lam: float, height: int, width: int, cy: int, cx: int) -
 
 def test_boxes_follow_the_reference_arithmetic():
     h, w = 32, 48
-    lam = draw_lambda(2000, 1.0, generator=_gen(1))
+    lam = torch.rand(2000, generator=_gen(1))
     boxes = sample_boxes(lam, h, w, generator=_gen(2))
     assert boxes.shape == (2000, 4) and boxes.dtype == torch.int64 and boxes.device.type == "cpu"
     # the centres are drawn rows first, then columns, from the generator
@@ -43,7 +45,7 @@ def test_mean_exact_lambda_is_the_references():
     # Beta(1, 1) on 32x32, one box each: the reference's truncation gives a mean exact lambda of
     # about 0.700; rounding the side (round(side * sqrt(1 - lam))) would give about 0.678.
     n = 20000
-    lam = draw_lambda(n, 1.0, generator=_gen(11))
+    lam = torch.rand(n, generator=_gen(11))
     boxes = sample_boxes(lam, 32, 32, generator=_gen(12))
     exact = 1.0 - ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).double() / 1024
     assert abs(exact.mean().item() - 0.700) < 0.005
@@ -96,7 +98,7 @@ def test_paste_copies_inside_keeps_outside_and_lam_is_exact_area():
     n, c, h, w = 16, 3, 20, 28
     bg = torch.randn(n, c, h, w, generator=g)
     fg = torch.randn(n, c, h, w, generator=g)
-    lam0 = draw_lambda(n, 1.0, generator=g)
+    lam0 = torch.rand(n, generator=g)
     boxes = sample_boxes(lam0, h, w, generator=g)
     mixed, lam = paste(bg, fg, boxes)
     assert mixed.shape == bg.shape and mixed.dtype == bg.dtype
@@ -163,7 +165,7 @@ def test_area_labels_from_paste_pipeline():
     n, h, w, classes = 64, 32, 32, 10
     a = torch.randint(0, classes, (n,), generator=g)
     b = torch.randint(0, classes, (n,), generator=g)
-    boxes = sample_boxes(draw_lambda(n, 1.0, generator=g), h, w, generator=g)
+    boxes = sample_boxes(torch.rand(n, generator=g), h, w, generator=g)
     img = torch.zeros(n, 3, h, w)
     _, lam = paste(img, img + 1, boxes)
     y = area_labels(a, b, lam, classes)
@@ -173,52 +175,99 @@ def test_area_labels_from_paste_pipeline():
     assert torch.allclose(y[diff].gather(1, a[diff, None]).squeeze(1), lam[diff])
 
 
-def test_reproducible_with_seeded_generator():
-    def run(seed):
-        g = _gen(seed)
-        lam = draw_lambda(32, 1.0, generator=g)
-        return lam, sample_boxes(lam, 32, 32, generator=g)
-
-    lam1, boxes1 = run(123)
-    lam2, boxes2 = run(123)
-    lam3, boxes3 = run(124)
-    assert torch.equal(lam1, lam2) and torch.equal(boxes1, boxes2)
-    assert not torch.equal(lam1, lam3)
-
-
-def test_non_uniform_beta_reproducible_and_leaves_global_rng_alone():
-    torch.manual_seed(0)
-    state = torch.get_rng_state()
-    a = draw_lambda(100, 0.5, generator=_gen(9))
-    b = draw_lambda(100, 0.5, generator=_gen(9))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, draw_lambda(100, 0.5, generator=_gen(10)))
-    assert bool(((a >= 0) & (a <= 1)).all())
+def _reference_decision(rng: np.random.Generator, prob: float, beta: float, size: int):
+    """What one step's CutMix decision is, written plainly: mixed with probability prob, lambda
+    ~ Beta(beta, beta) from numpy, then a seed for the box, whose centre (rows, then columns)
+    comes from a torch Generator with that seed; the box is the reference's rand_bbox of lambda
+    rounded to float32."""
+    mixed = rng.random() < prob
+    lam = rng.beta(beta, beta) if mixed else 1.0
+    seed = int(rng.integers(0, 2**63 - 1))
+    if not mixed:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    cy, cx = int(torch.randint(0, size, (1,), generator=g)), int(torch.randint(0, size, (1,), generator=g))
+    return float(lam), reference_rand_bbox(float(np.float32(lam)), size, size, cy, cx)
 
 
-def test_beta_one_mean_and_spread():
-    lam = draw_lambda(20000, 1.0, generator=_gen(42))
-    assert lam.dtype == torch.float32 and lam.shape == (20000,)
-    assert bool(((lam >= 0) & (lam < 1)).all())
-    # Uniform(0,1): mean 0.5, std 1/sqrt(12); the standard error of the mean is ~0.002.
-    assert abs(float(lam.mean()) - 0.5) < 0.01
-    assert abs(float(lam.std()) - 1 / math.sqrt(12)) < 0.01
+@pytest.mark.parametrize("prob,beta,size", [(0.5, 1.0, 32), (1.0, 0.5, 224), (0.0, 1.0, 32)])
+def test_decide_is_the_reference_draw(prob, beta, size):
+    cutmix = CutMix(prob, beta, "balanced", size)
+    mixed = 0
+    for step in range(300):
+        got = cutmix.decide(np.random.default_rng([7, step]))
+        want = _reference_decision(np.random.default_rng([7, step]), prob, beta, size)
+        if want is None:
+            assert got is None
+            continue
+        mixed += 1
+        assert got.lam == want[0] and got.box.tolist() == want[1] and got.box.dtype == torch.int64
+    assert mixed == sum(np.random.default_rng([7, s]).random() < prob for s in range(300))
 
 
-def test_beta_other_shape_has_right_variance():
-    # Beta(a, a) has variance 1 / (4 (2a + 1)): 1/8 for a = 0.5 (U-shaped), 1/44 for a = 5.
-    for beta, var in ((0.5, 1 / 8), (5.0, 1 / 44)):
-        lam = draw_lambda(20000, beta, generator=_gen(1))
-        assert abs(float(lam.mean()) - 0.5) < 0.02
-        assert abs(float(lam.var()) - var) < 0.1 * var
+def test_decide_each_draws_one_mixed_decision_per_sample():
+    rng = np.random.default_rng(3)
+    decisions = CutMix(0.0, 1.0, "batch", 32).decide_each(50, rng)  # prob does not apply here
+    assert len(decisions) == 50 and len({tuple(d.box.tolist()) for d in decisions}) > 40
+    again = CutMix(0.0, 1.0, "batch", 32).decide_each(50, np.random.default_rng(3))
+    assert [d.box.tolist() for d in again] == [d.box.tolist() for d in decisions]
 
 
-def test_draw_lambda_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        draw_lambda(4, 0.0)
-    with pytest.raises(ValueError):
-        draw_lambda(4, float("nan"))
-    with pytest.raises(ValueError):
-        draw_lambda(-1, 1.0)
-    assert draw_lambda(0, 1.0).shape == (0,)
+def test_beta_shapes_lambda_as_beta_a_a():
+    # Beta(a, a) has variance 1 / (4 (2a + 1)): 1/12 for a = 1, 1/8 for a = 0.5, 1/44 for a = 5.
+    for beta, var in ((1.0, 1 / 12), (0.5, 1 / 8), (5.0, 1 / 44)):
+        lam = np.array([d.lam for d in CutMix(1.0, beta, "batch", 32).decide_each(
+            20000, np.random.default_rng(1))])
+        assert abs(lam.mean() - 0.5) < 0.02 and ((lam >= 0) & (lam <= 1)).all()
+        assert abs(lam.var() - var) < 0.1 * var
+
+
+def test_foreground_batch_is_a_permutation_balanced_is_the_samplers_draw():
+    background = np.arange(100, 116)
+    fg = CutMix(1.0, 1.0, "batch", 32).pick_foreground(background, np.random.default_rng(4), None)
+    assert sorted(fg.tolist()) == background.tolist()
+    assert fg.tolist() == background[np.random.default_rng(4).permutation(16)].tolist()
+    calls = []
+
+    def draw(n, rng):
+        calls.append(n)
+        return np.full(n, 7)
+
+    balanced = CutMix(1.0, 1.0, "balanced", 32)
+    assert balanced.pick_foreground(background, np.random.default_rng(4), draw).tolist() == [7] * 16
+    assert calls == [16]
+    with pytest.raises(ValueError, match="sampler"):
+        balanced.pick_foreground(background, np.random.default_rng(4), None)
+
+
+def test_apply_one_box_for_the_batch_equals_pasting_it_into_each():
+    g = _gen(5)
+    bg, fg = torch.randn(6, 3, 8, 8, generator=g), torch.randn(6, 3, 8, 8, generator=g)
+    box = torch.tensor([1, 5, 2, 8])
+    mixed, lam = CutMix.apply(bg, fg, box)
+    want_mixed, want_lam = paste(bg, fg, box.expand(6, 4))
+    assert torch.equal(mixed, want_mixed) and torch.equal(lam, want_lam)
+    assert torch.allclose(lam, torch.full((6,), 1 - 4 * 6 / 64))
+    assert torch.equal(CutMix.targets(torch.tensor([0]), torch.tensor([1]), lam[:1], 2),
+                       area_labels(torch.tensor([0]), torch.tensor([1]), lam[:1], 2))
+
+
+def test_of_method_follows_the_method_row():
+    from concutmix_cli.config import MethodConfig
+    from concutmix_cli.methods import METHODS
+
+    settings = MethodConfig(cutmix_prob=0.25, cutmix_beta=2.0)
+    for row in METHODS.values():
+        cutmix = CutMix.of_method(row, settings, 32)
+        assert (cutmix is None) == (row.foreground is None), row.name
+        if cutmix is not None:
+            assert (cutmix.prob, cutmix.beta, cutmix.foreground, cutmix.size) == (
+                0.25, 2.0, row.foreground, 32)
+
+
+@pytest.mark.parametrize("args", [(1.5, 1.0, "batch", 32), (0.5, 0.0, "batch", 32),
+                                  (0.5, float("nan"), "batch", 32), (0.5, 1.0, "other", 32),
+                                  (0.5, 1.0, "batch", 0)])
+def test_cutmix_rejects_bad_arguments(args):
+    with pytest.raises(ValueError, match="CutMix"):
+        CutMix(*args)

@@ -448,30 +448,30 @@ def test_a_name_a_split_list_cannot_hold_is_refused_when_preparing(cli, tmp_path
 
 
 def test_a_split_list_is_only_written_when_it_reads_back_the_same(tmp_path):
-    """Before: _write_list wrote any entry, so the list named other files than it was given."""
-    from concutmix_cli.data.lists import _write_list, read_split_list
+    """Before: the list writer wrote any entry, so the list named other files than it was given."""
+    from concutmix_cli.data.lists import read_split_list, write_split_list
     from concutmix_cli.errors import UserError
 
     with pytest.raises(UserError, match=r"'b\.png\\r' starts or ends with a space .*line 2 of t\.txt"):
-        _write_list(tmp_path / "t.txt", [("a b/ok.png", 0), ("b.png\r", 1)])
+        write_split_list(tmp_path / "t.txt", [("a b/ok.png", 0), ("b.png\r", 1)])
     assert list(tmp_path.iterdir()) == []  # neither the list nor a .tmp
     entries = [("\ufeffbom.png", 0), ("sp ace/ lead.png", 12), ("tab\there.png", 3)]
     with pytest.raises(UserError, match="line 1 of"):
-        _write_list(tmp_path / "t.txt", entries)  # the reader drops a BOM on line 1
-    _write_list(tmp_path / "t.txt", entries[1:] + entries[:1])
+        write_split_list(tmp_path / "t.txt", entries)  # the reader drops a BOM on line 1
+    write_split_list(tmp_path / "t.txt", entries[1:] + entries[:1])
     assert read_split_list(tmp_path / "t.txt") == entries[1:] + entries[:1]
 
 
 def test_a_failed_list_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     """Before: a failure between writing t.txt.tmp and renaming it left the .tmp behind."""
-    from concutmix_cli.data.lists import _write_list
+    from concutmix_cli.data.lists import write_split_list
 
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        _write_list(tmp_path / "t.txt", [("a.png", 0)])
+        write_split_list(tmp_path / "t.txt", [("a.png", 0)])
     assert list(tmp_path.iterdir()) == []
 
 

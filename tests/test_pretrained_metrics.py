@@ -22,7 +22,7 @@ def _backbone_state(seed: int) -> dict[str, torch.Tensor]:
 def test_a_local_state_dict_initializes_the_backbone(tiny_data, tmp_path, suffix):
     from concutmix_cli.config import build_config
     from concutmix_cli.engine.checkpoint import RunFolder
-    from concutmix_cli.engine.train import Trainer
+    from concutmix_cli.engine.loop import Trainer
 
     state = _backbone_state(7)
     path = tmp_path / f"backbone{suffix}"

@@ -16,6 +16,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from concutmix_cli.mixing import CutMix
+
 from concutmix_cli import losses
 from concutmix_cli.config import MethodConfig, build_config
 from concutmix_cli.data import views
@@ -23,7 +25,8 @@ from concutmix_cli.data.loader import LoaderBatches
 from concutmix_cli.data.prepared import load_prepared
 from concutmix_cli.data.sampling import EpochPlanner
 from concutmix_cli.engine.distributed import DistContext
-from concutmix_cli.engine.step import MethodStep, mix, rectifies
+from concutmix_cli.engine.step import MethodStep
+from concutmix_cli.methods import method as method_of
 from concutmix_cli.models.build import ConCutMixNet, build_model
 
 
@@ -41,8 +44,7 @@ def _first_step_cls_losses(data_path, classifier: str, init_seeds) -> list[float
     model at initialization, once per init seed; each seed also takes another batch."""
     cfg = build_config(preset="cifar100-lt-if100", overrides=[f'model.classifier="{classifier}"'])
     data = load_prepared(data_path)
-    planner = EpochPlanner(data.train.labels, seed=0, batch_size=cfg.optim.batch_size, foreground=None,
-                           mix_prob=0.0, mix_beta=1.0)
+    planner = EpochPlanner(data.train.labels, seed=0, batch_size=cfg.optim.batch_size, cutmix=None)
     batches = LoaderBatches(data, planner, "cifar", True, 0, torch.device("cpu")).epoch(0)
     step_fn = MethodStep(cfg.method, torch.tensor(data.train_counts, dtype=torch.float32),
                          DistContext(), None, False)
@@ -69,14 +71,15 @@ def test_first_step_loss_is_the_authors(cifar100_lt_seed10):
 
 def test_rectification_starts_after_e_r(tiny_data):
     cfg = MethodConfig(name="concutmix", top_k=3, rectify_after_epoch=2, cutmix_prob=1.0)
-    assert [rectifies(cfg, e) for e in range(5)] == [False, False, False, True, True]
-    assert not rectifies(MethodConfig(name="cutmix", rectify_after_epoch=-1), 0)
-    assert rectifies(MethodConfig(name="concutmix", rectify_after_epoch=-1), 0)
+    concutmix, cutmix = method_of("concutmix"), method_of("cutmix")
+    assert [concutmix.rectifies_in(cfg, e) for e in range(5)] == [False, False, False, True, True]
+    assert not cutmix.rectifies_in(MethodConfig(name="cutmix", rectify_after_epoch=-1), 0)
+    assert concutmix.rectifies_in(MethodConfig(name="concutmix", rectify_after_epoch=-1), 0)
 
     data = load_prepared(tiny_data)
     counts = torch.tensor(data.train_counts, dtype=torch.float32)
-    planner = EpochPlanner(data.train.labels, seed=1, batch_size=8, foreground="balanced",
-                           mix_prob=1.0, mix_beta=1.0)
+    planner = EpochPlanner(data.train.labels, seed=1, batch_size=8,
+                           cutmix=CutMix(1.0, 1.0, "balanced", 32))
     batch = next(LoaderBatches(data, planner, "cifar", True, 0, torch.device("cpu")).epoch(0))
     assert batch.mixed
     torch.manual_seed(0)
@@ -88,7 +91,7 @@ def test_rectification_starts_after_e_r(tiny_data):
         at_e_r = step_fn(model, batch, 2)
         after = step_fn(model, batch, 3)
         # epoch E_r itself: the lambda-weighted CE of the two labels
-        view0, lam = mix(batch)
+        view0, lam = CutMix.apply(batch.view0, batch.fg_view0, batch.box)
         logits = model(view0, project=False).logits
         expected = losses.mixed_ce(logits, batch.labels, batch.fg_labels, lam,
                                    losses.log_prior_from_counts(counts), cfg.tau)
@@ -136,7 +139,8 @@ def test_weights_of_a_version_0_1_run_still_load_as_the_cosine_model_they_are(ti
     data = load_prepared(tiny_data)
     torch.manual_seed(0)
     old_model = build_model(ModelConfig(classifier="cosine", proj_hidden=16, proj_dim=8), data.num_classes)
-    config = Config().model_dump()  # as 0.1 wrote it: no classifier, rectify_start_epoch
+    # as saved before the linear classifier existed: no classifier, rectify_start_epoch
+    config = Config().model_dump()
     config["model"].update(proj_hidden=16, proj_dim=8)
     config["data"]["path"] = str(tiny_data)
     del config["model"]["classifier"], config["optim"]["drop_last"], config["method"]["rectify_after_epoch"]

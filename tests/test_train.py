@@ -6,24 +6,39 @@ import numpy as np
 import pytest
 import torch
 
+from concutmix_cli.methods import METHODS
+from concutmix_cli.mixing import CutMix
+
 from concutmix_cli.config import build_config
 from concutmix_cli.data.sampling import ClassBalancedSampler, EpochPlanner, counter_rng
-from concutmix_cli.engine.train import lr_at
+from concutmix_cli.engine.loop import lr_at
 
 FAST = ["--set", "optim.batch_size=16", "--set", "runtime.max_steps_per_epoch=2",
         "--set", "data.num_workers=0", "--set", "method.top_k=3"]
+
+
+def method_sets(method: str, **settings) -> list[str]:
+    """`--set method.KEY=VALUE` for the settings the method's row says it reads (any other is
+    refused), so one command line serves every method."""
+    from concutmix_cli.methods import method as method_of
+
+    uses = method_of(method).settings
+    return [arg for key, value in settings.items() if key in uses
+            for arg in ("--set", f"method.{key}={value}")]
 
 
 def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["ce", "cutmix", "bcl", "concutmix"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_trains_evaluates_and_resumes(cli, tiny_data, tmp_path, method):
+    row = METHODS[method]
     run = tmp_path / f"run-{method}"
     code, out, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", run,
                          "--method", method, "--epochs", "1", "--seed", "3",
-                         "--set", "method.cutmix_prob=1.0", "--set", "method.rectify_after_epoch=0", *FAST)
+                         *method_sets(method, cutmix_prob=1.0, rectify_after_epoch=0, top_k=3),
+                         *FAST[:-2])
     assert code == 0, err
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [1]
@@ -47,14 +62,29 @@ def test_each_method_trains_evaluates_and_resumes(cli, tiny_data, tmp_path, meth
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert json.loads((run / "config.json").read_text())["optim"]["epochs"] == 2
-    if method == "concutmix":
+    if row.rectifies:
         assert rows[0]["rect_weight"] is None and rows[1]["rect_weight"] > 0
-    if method in ("cutmix", "concutmix"):
-        assert rows[1]["mixed_steps"] == 2
-    if method in ("ce", "cutmix"):
-        assert rows[1]["loss_bcl"] is None
     else:
+        assert rows[1]["rect_weight"] is None
+    assert rows[1]["mixed_steps"] == (2 if row.mixes else 0)
+    if row.contrast:
         assert rows[1]["loss_bcl"] > 0
+    else:
+        assert rows[1]["loss_bcl"] is None and rows[1]["loss"] == rows[1]["loss_cls"]
+
+
+def test_a_preset_setting_the_method_ignores_is_said_once_and_a_given_one_refused(cli, tiny_data,
+                                                                                   tmp_path, wide):
+    code, out, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", tmp_path / "ce",
+                         "--method", "ce", "--epochs", "1", *FAST[:-2])
+    assert code == 0, err
+    note = "preset smoke sets method.rectify_after_epoch, method.top_k, ignored by method ce"
+    assert (out + err).count(note) == 1, out + err
+    code, out, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", tmp_path / "bs",
+                         "--method", "balanced-softmax", "--set", "method.tau=0.5", *FAST[:-2])
+    assert code == 2 and not (tmp_path / "bs").exists()
+    assert err.startswith("error: --set method.tau=0.5: method balanced-softmax does not use "
+                          "method.tau (it has no settings of its own)") and err.count("\n") == 1
 
 
 def test_existing_run_folder_is_refused(cli, tiny_data, tmp_path):
@@ -109,9 +139,9 @@ def test_class_balanced_foreground_sampler_is_balanced():
 
 def test_planner_splits_global_batches_across_processes():
     labels = np.repeat(np.arange(4), 25)
-    single = EpochPlanner(labels, seed=5, batch_size=8, foreground="balanced", mix_prob=1.0, mix_beta=1.0)
-    ranks = [EpochPlanner(labels, seed=5, batch_size=8, foreground="balanced", mix_prob=1.0,
-                          mix_beta=1.0, rank=r, world_size=2) for r in range(2)]
+    single = EpochPlanner(labels, seed=5, batch_size=8, cutmix=CutMix(1.0, 1.0, "balanced", 32))
+    ranks = [EpochPlanner(labels, seed=5, batch_size=8, cutmix=CutMix(1.0, 1.0, "balanced", 32),
+                          rank=r, world_size=2) for r in range(2)]
     assert single.steps_per_epoch() == 13  # 12 full batches of 8 and the last partial one of 4
     assert [single.global_batch_size(s) for s in (0, 11, 12)] == [8, 8, 4]
     seen = []
@@ -129,20 +159,20 @@ def test_planner_splits_global_batches_across_processes():
 
 def test_steps_per_epoch_keep_the_last_partial_batch_like_the_published_runs():
     labels = np.repeat(np.arange(100), 1)[np.arange(10847) % 100]  # CIFAR-100-LT IF 100's size
-    planner = EpochPlanner(labels, seed=0, batch_size=256, foreground=None, mix_prob=0.0, mix_beta=1.0)
+    planner = EpochPlanner(labels, seed=0, batch_size=256, cutmix=None)
     assert planner.steps_per_epoch() == 43  # as in the authors' logs ([i/43])
     last = planner.plan(0, 42)
     assert len(last.indices) == len(last.sample_seeds) == 10847 - 42 * 256 == 95
     everything = np.concatenate([planner.plan(0, s).indices for s in range(43)])
     assert np.array_equal(np.sort(everything), np.arange(10847))
-    dropped = EpochPlanner(labels, seed=0, batch_size=256, foreground=None, mix_prob=0.0, mix_beta=1.0,
+    dropped = EpochPlanner(labels, seed=0, batch_size=256, cutmix=None,
                            drop_last=True)
     assert dropped.steps_per_epoch() == 42
     # full batches are planned identically either way
     assert np.array_equal(dropped.plan(0, 41).indices, planner.plan(0, 41).indices)
     # under 3 processes (global batch 255) the last 137 images are trimmed to 135, 45 each
-    ranks = [EpochPlanner(labels, seed=0, batch_size=255, foreground="balanced", mix_prob=1.0,
-                          mix_beta=1.0, rank=r, world_size=3) for r in range(3)]
+    ranks = [EpochPlanner(labels, seed=0, batch_size=255, cutmix=CutMix(1.0, 1.0, "balanced", 32),
+                          rank=r, world_size=3) for r in range(3)]
     assert ranks[0].steps_per_epoch() == 43 and ranks[0].global_batch_size(42) == 10847 - 42 * 255 - 2
     assert [len(r.plan(0, 42).indices) for r in ranks] == [45, 45, 45]
     assert [len(r.plan(0, 42).foreground) for r in ranks] == [45, 45, 45]

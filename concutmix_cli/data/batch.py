@@ -1,8 +1,9 @@
 """One training step's data, with its plan: what every batch path produces and `MethodStep` reads.
 
-The planner (data/sampling.py) decides everything random about a step (which images, whether it
-is mixed, lambda and the CutMix box); the data layer makes the views; `MethodStep` pastes the box
-and computes the losses. The decision travels inside the batch, so no consumer plans again.
+The planner (data/sampling.py) decides everything random about a step (which images, and, asking
+`mixing.CutMix`, whether it is mixed, lambda and the box); the data layer makes the views;
+`MethodStep` pastes the box and computes the losses. The decision travels inside the batch, as
+tensors, so no consumer plans again and a captured step never freezes a step's value.
 """
 
 from __future__ import annotations
@@ -31,14 +32,17 @@ class Batch:
     fg_labels: torch.Tensor | None = None
     mixed: bool = False
     """Whether view 0 gets B's box pasted in this step."""
-    lam: float = 1.0
-    """The Beta draw of the step (the exact per-sample lambda is recounted from the box)."""
+    lam: torch.Tensor | None = None
+    """float32 [] (mixed steps only): the step's Beta draw (the exact per-sample lambda is
+    recounted from the box). A tensor, like every per-step value in a batch: a captured CUDA
+    graph copies it in at each replay, where a Python number would be frozen at capture."""
     box: torch.Tensor | None = None
     """int64 [4] (y0, y1, x0, x1), half-open, one box for the whole batch (mixed steps only)."""
 
     def __post_init__(self) -> None:
-        if self.mixed and (self.fg_view0 is None or self.fg_labels is None or self.box is None):
-            raise ValueError("a mixed batch needs fg_view0, fg_labels and box")
+        if self.mixed and (self.fg_view0 is None or self.fg_labels is None or self.box is None
+                           or self.lam is None):
+            raise ValueError("a mixed batch needs fg_view0, fg_labels, box and lam")
 
     @property
     def size(self) -> int:

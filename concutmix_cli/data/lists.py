@@ -24,6 +24,7 @@ import torch.utils.data
 
 from concutmix_cli.data.images import (UnreadableImage, decode_rgb, open_regular, reason_of,
                                        shown_path)
+from concutmix_cli.data.staging import first_gaps, shorten
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import sha256_file
 
@@ -97,29 +98,29 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
                 parts = _split_entry(text)
                 if parts is None:
                     raise UserError(
-                        f"{what} {path} line {lineno}: no label after '{_short(text)}'; {fix}"
+                        f"{what} {path} line {lineno}: no label after '{shorten(text)}'; {fix}"
                     )
                 rel, label_text = parts
                 if _LABEL_RE.fullmatch(label_text) is None:
                     if label_text.startswith("-") and _LABEL_RE.fullmatch(label_text[1:]):
-                        problem = f"negative label {_short(label_text)}"
+                        problem = f"negative label {shorten(label_text)}"
                     else:
-                        problem = f"label '{_short(label_text)}' is not an integer"
+                        problem = f"label '{shorten(label_text)}' is not an integer"
                     raise UserError(f"{what} {path} line {lineno}: {problem}; {fix}")
                 if len(label_text.lstrip("0")) > _MAX_LABEL_DIGITS:
                     raise UserError(
-                        f"{what} {path} line {lineno}: label {_short(label_text)} is too large to "
+                        f"{what} {path} line {lineno}: label {shorten(label_text)} is too large to "
                         "be a class index; labels number the classes 0..C-1"
                     )
                 if os.path.isabs(rel):
                     raise UserError(
-                        f"{what} {path} line {lineno}: absolute path '{_short(rel)}'; list paths "
+                        f"{what} {path} line {lineno}: absolute path '{shorten(rel)}'; list paths "
                         "must be relative to the image root (--root)"
                     )
                 norm = os.path.normpath(rel)
                 if norm == os.pardir or norm.startswith(os.pardir + os.sep) or norm == os.curdir:
                     raise UserError(
-                        f"{what} {path} line {lineno}: '{_short(rel)}' points outside the image "
+                        f"{what} {path} line {lineno}: '{shorten(rel)}' points outside the image "
                         "root; list paths must name files inside --root (no '..' above it)"
                     )
                 if norm in first_seen:
@@ -137,7 +138,7 @@ def _parse_split_list(path: Path, what: str) -> tuple[list[tuple[str, int]], lis
     if duplicates:
         line, first, rel = duplicates[0]
         raise UserError(
-            f"{what} {path} line {line}: '{_short(rel)}' is already listed on line {first} "
+            f"{what} {path} line {line}: '{shorten(rel)}' is already listed on line {first} "
             f"({len(duplicates)} duplicate line(s) in all); each image may be listed once: "
             "remove the duplicates"
         )
@@ -153,10 +154,6 @@ def read_split_list(path: Path) -> list[tuple[str, int]]:
     """
     entries, _ = _parse_split_list(Path(path), "split list")
     return entries
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,20 +177,6 @@ class _List:
                                   count=len(self.entries))
 
 
-def _first_gaps(present: np.ndarray, num_classes: int, limit: int) -> list[int]:
-    """The first ``limit`` ids in 0..num_classes-1 absent from the sorted unique ``present``."""
-    gaps: list[int] = []
-    expected = 0
-    for value in present.tolist() + [num_classes]:
-        while expected < value and len(gaps) < limit:
-            gaps.append(expected)
-            expected += 1
-        if len(gaps) >= limit:
-            break
-        expected = value + 1
-    return gaps
-
-
 def _check_classes(train: _List, others: list[_List]) -> int:
     """Number of classes C = max train label + 1; all of 0..C-1 trained, other lists inside.
 
@@ -205,7 +188,7 @@ def _check_classes(train: _List, others: list[_List]) -> int:
     if train.labels[largest] >= lines:
         label = int(train.labels[largest])
         missing = label + 1 - len(present)
-        shown = ", ".join(str(c) for c in _first_gaps(present, label + 1, _SHOW_CLASSES))
+        shown = ", ".join(str(c) for c in first_gaps(present, label + 1, _SHOW_CLASSES))
         raise UserError(
             f"{train.what} {train.path} line {train.line_numbers[largest]}: class {label} cannot "
             f"be a class index: with it, {missing} of the {label + 1} classes 0..{label} would "
@@ -216,7 +199,7 @@ def _check_classes(train: _List, others: list[_List]) -> int:
     num_classes = int(train.labels.max()) + 1
     if len(present) < num_classes:
         missing = num_classes - len(present)
-        shown = ", ".join(str(c) for c in _first_gaps(present, num_classes, _SHOW_CLASSES))
+        shown = ", ".join(str(c) for c in first_gaps(present, num_classes, _SHOW_CLASSES))
         more = ", ..." if missing > _SHOW_CLASSES else ""
         raise UserError(
             f"{train.what} {train.path}: {missing} of the {num_classes} classes 0..{num_classes - 1} "
@@ -285,7 +268,7 @@ def _check_files(root: Path, lists: list[_List]) -> None:
     )
 
 
-def _write_list(path: Path, entries: list[tuple[str, int]]) -> None:
+def write_split_list(path: Path, entries: list[tuple[str, int]]) -> None:
     """Write a split list, each entry checked first to read back (same reader) as written: a
     path the format cannot hold is refused, naming it, instead of becoming a list that training
     reads wrong. Nothing is left behind on an error."""
@@ -341,7 +324,7 @@ def stage_list_dataset(
         if lst is None:
             splits[split] = counts[split] = sources[split] = None
             continue
-        _write_list(staging_dir / f"{split}.txt", lst.entries)
+        write_split_list(staging_dir / f"{split}.txt", lst.entries)
         splits[split] = f"{split}.txt"
         counts[split] = np.bincount(lst.labels, minlength=num_classes).tolist()
         sources[split] = {

@@ -51,9 +51,13 @@ def _split_images(split: Split, root):
     return lambda index: images[index][0]
 
 
-def _plan_batch(plan: BatchPlan, box: torch.Tensor | None = None, **views: torch.Tensor) -> Batch:
-    """The views with the plan's mixing decision (its box, or `box`: the same on the device)."""
-    return Batch(epoch=plan.epoch, step=plan.step, mixed=plan.mix, lam=plan.lam,
+def _plan_batch(plan: BatchPlan, box: torch.Tensor | None = None, lam: torch.Tensor | None = None,
+                **views: torch.Tensor) -> Batch:
+    """The views with the plan's mixing decision (its box and lambda, or `box` and `lam`: the
+    same, already on the device)."""
+    if plan.mix and lam is None:
+        lam = torch.tensor(plan.lam, dtype=torch.float32)
+    return Batch(epoch=plan.epoch, step=plan.step, mixed=plan.mix, lam=lam,
                  box=plan.box if box is None else box, **views)
 
 
@@ -273,6 +277,9 @@ class DeviceBatches:
             made = views.contrast_uint8(self.images[index_c], contrast[0].cat(*contrast[1:]))
             parts_c = iter(views.finish(made).split([len(i) for i in contrast_index]))
         boxes_on_device = iter(box.view(-1, 4))
+        lams = [plan.lam for plan in plans if plan.mix]
+        lams_on_device = iter(stage(torch.tensor(lams, dtype=torch.float32), self.device)
+                              if lams else ())
         batches = []
         for plan in plans:
             out = dict(zip(("view0", "labels"), next(parts0)))
@@ -280,7 +287,9 @@ class DeviceBatches:
                 out["view1"], out["view2"] = next(parts_c), next(parts_c)
             if plan.mix:
                 out["fg_view0"], out["fg_labels"] = next(parts0)
-            batches.append(_plan_batch(plan, next(boxes_on_device) if plan.mix else None, **out))
+            if plan.mix:
+                out.update(box=next(boxes_on_device), lam=next(lams_on_device))
+            batches.append(_plan_batch(plan, **out))
         return batches
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:

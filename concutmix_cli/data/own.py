@@ -15,8 +15,8 @@ With --image-size up to 64 the images are stored as uint8 arrays like CIFAR (sho
 resized, center crop: `views.array_resize`), which the CIFAR-like views and the device
 augmentation path take; larger sizes keep the files and a split list, read with the
 ImageNet-like views (`lists.ListImageDataset`). Held-out splits can be drawn per class
-(--val-fraction, --test-fraction). Returns the manifest fields; prepare.py writes the folder
-atomically.
+(--val-fraction, --test-fraction). Returns the manifest fields to the route (routes/own.py,
+which checks the options first); prepare.py writes the folder atomically.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import numpy as np
 from concutmix_cli.data import longtail
 from concutmix_cli.data.images import (UnreadableImage, decode_rgb, file_identity, is_utf8,
                                        open_regular, reason_of, shown_path, walk_files)
+from concutmix_cli.data.lists import entry_problem, write_split_list
+from concutmix_cli.data.staging import channel_stats, first_gaps, inside, save_split, shorten
 from concutmix_cli.errors import UserError
 from concutmix_cli.fileio import sha256_file
 
@@ -64,25 +66,6 @@ def _shown(items: list[str]) -> str:
     return ", ".join(f"'{i}'" for i in items[:_SHOW]) + (", ..." if len(items) > _SHOW else "")
 
 
-def check_options(image_size: int, val_fraction: float, test_fraction: float, seed: int,
-                  val: Path | None, test: Path | None) -> None:
-    """Every option of `prepare folder|csv`, before anything is read."""
-    if not 8 <= image_size <= MAX_IMAGE_SIZE:
-        raise UserError(f"--image-size must be between 8 and {MAX_IMAGE_SIZE} (got {image_size})")
-    for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
-        if not (math.isfinite(value) and 0 <= value < 1):
-            raise UserError(f"{option} must be at least 0 and below 1 (got {value:g})")
-    if val_fraction + test_fraction >= 1:
-        raise UserError(f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} "
-                        "hold out every image; their sum must be below 1")
-    if val is not None and val_fraction:
-        raise UserError("--val and --val-fraction both make a validation split; pass one")
-    if test is not None and test_fraction:
-        raise UserError("--test and --test-fraction both make a test split; pass one")
-    if not 0 <= seed <= 2**32 - 1:
-        raise UserError(f"--seed must be between 0 and {2**32 - 1} (got {seed})")
-
-
 # --------------------------------------------------------------------------------------------
 # What the user gave: folders or CSV files -> classes and items
 
@@ -106,12 +89,11 @@ def _check_separate(folders: dict[str, Path | None]) -> None:
     given = [(s, Path(f)) for s, f in folders.items() if f is not None and Path(f).is_dir()]
     for k, (split, folder) in enumerate(given):
         for other, other_folder in given[:k]:
-            real, other_real = os.path.realpath(folder), os.path.realpath(other_folder)
-            if real == other_real:
+            if os.path.realpath(folder) == os.path.realpath(other_folder):
                 how = "is the same folder as"
-            elif os.path.commonpath([real, other_real]) == other_real:
+            elif inside(folder, other_folder):
                 how = "is inside"
-            elif os.path.commonpath([real, other_real]) == real:
+            elif inside(other_folder, folder):
                 how = "holds"
             else:
                 continue
@@ -258,18 +240,16 @@ def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list
                    for _, label, _ in split_rows)
     train_labels = [label for _, label, _ in rows["train"]]
     if as_index:
-        from concutmix_cli.data.lists import _first_gaps
-
         limit = len(train_labels)
         values = [_index_value(label, limit) for label in train_labels]
         present = np.unique(np.array([v for v in values if v is not None], dtype=np.int64))
         too_large = [k for k, v in enumerate(values) if v is None]
         count = limit if too_large else int(present[-1]) + 1
-        absent = _first_gaps(present, count, 5)
+        absent = first_gaps(present, count, 5)
         if too_large:
             _, label, line = rows["train"][too_large[0]]
             raise UserError(
-                f"--train {csvs['train']} line {line}: {_short(label)} cannot be a class index: "
+                f"--train {csvs['train']} line {line}: {shorten(label, 40)} cannot be a class index: "
                 f"every class 0..C-1 needs a training row and the file has {limit}, so C is at "
                 f"most {limit} (class(es) {', '.join(map(str, absent))} have no training row); "
                 "number the classes 0..C-1, or use class names")
@@ -289,7 +269,7 @@ def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list
             where = f"--{split} {csvs[split]} line {line}"
             c = _index_value(label, len(classes)) if as_index else index.get(label)
             if c is None:
-                raise UserError(f"{where}: class '{_short(label)}' has no training row; every "
+                raise UserError(f"{where}: class '{shorten(label, 40)}' has no training row; every "
                                 f"{split} class must be a class of --train")
             norm = _relative(rel, root, where)
             if norm in first_seen:
@@ -306,10 +286,6 @@ def read_csvs(root: Path, csvs: dict[str, Path | None]) -> tuple[list[str], list
                 same_file[identity] = (rel, where)
             items.append(Item(norm, c, split, where))
     return classes, items
-
-
-def _short(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,8 +378,6 @@ def _check_list_names(items: list[Item]) -> None:
     list cannot hold (a line break, a space at either end) is refused before decoding anything,
     rather than written as a list that training would read back wrong. Names that are not UTF-8
     are left to decode_all, which counts them as unreadable."""
-    from concutmix_cli.data.lists import entry_problem
-
     for item in items:
         problem = entry_problem(item.rel, item.label) if is_utf8(item.rel) else None
         if problem:
@@ -416,10 +390,8 @@ def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path |
               val: Path | None = None, test: Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
               val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
               skip_bad: bool = False, callbacks=None) -> dict[str, Any]:
-    """Read, decode, split and write a user's dataset into `staging`; the manifest fields."""
-    from concutmix_cli.data.prepare import _channel_stats, _save_split, sources_mean_std
-    from concutmix_cli.data.lists import _write_list
-
+    """Read, decode, split and write a user's dataset into `staging`; the manifest fields
+    (`seed`: the held-out splits' seed, None when none was drawn)."""
     if dataset == "folder":
         classes, common, items = scan_folders(Path(root), val, test)
         source = {"type": "folder", "root": str(Path(root).resolve()),
@@ -459,17 +431,19 @@ def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path |
         split_counts[split] = longtail.class_counts(labels, len(classes))
         if as_arrays:
             name = f"{split}.safetensors"
-            files[name] = _save_split(staging, split, np.stack([arrays[k] for k in keys]), labels)
+            files[name] = save_split(staging, split, np.stack([arrays[k] for k in keys]), labels)
         else:
             name = f"{split}.txt"
-            _write_list(staging / name, [(items[k].rel, items[k].label) for k in keys])
+            write_split_list(staging / name, [(items[k].rel, items[k].label) for k in keys])
         splits[split] = name
     if as_arrays:
-        mean, std = _channel_stats(np.stack([arrays[k] for k in by_split["train"]]))
+        mean, std = channel_stats(np.stack([arrays[k] for k in by_split["train"]]))
         fields.update(kind="arrays", mean=mean, std=std, files=files)
-    else:
-        mean, std = sources_mean_std()
-        fields.update(kind="lists", root=str(common), mean=list(mean), std=list(std))
+    else:  # files read with the ImageNet-like views: the usual ImageNet statistics
+        from concutmix_cli.data.views import IMAGENET_MEAN, IMAGENET_STD
+
+        fields.update(kind="lists", root=str(common), mean=list(IMAGENET_MEAN),
+                      std=list(IMAGENET_STD))
     train_counts = split_counts["train"]
     thresholds = longtail.choose_shot_thresholds(train_counts)
     fields.update(
@@ -478,7 +452,7 @@ def stage_own(staging: Path, dataset: str, *, root: Path, csvs: dict[str, Path |
         splits=splits, imbalance=max(train_counts) / min(train_counts),
         shot_thresholds=thresholds,
         shot_groups=longtail.shot_groups(train_counts, thresholds["many_min"], thresholds["few_max"]),
-        split_seed=seed if (val_fraction or test_fraction) else None,
+        seed=seed if (val_fraction or test_fraction) else None,
         val_fraction=val_fraction or None, test_fraction=test_fraction or None,
         skipped=skipped, notes=notes,
         source=source,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from concutmix_cli.errors import BadValue
-from concutmix_cli.mixing import sample_boxes
+from concutmix_cli.mixing import CutMix, MixDecision
 
 # Stream ids keep the counter-derived generators of different purposes independent.
 _ORDER, _FOREGROUND, _MIX, _SAMPLE, _DEVICE = 1, 2, 3, 4, 5
@@ -55,40 +55,47 @@ class ClassBalancedSampler:
 @dataclass(frozen=True)
 class BatchPlan:
     """One step's data for this process: background indices, foreground indices (when mixed),
-    per-sample seeds for the loader's augmentation, and the CutMix decision shared by all
-    processes (mixed, lambda and the one box of the batch, drawn here and nowhere else)."""
+    per-sample seeds for the loader's augmentation, and the step's CutMix decision, shared by all
+    processes (`mixing.CutMix.decide`, made here and nowhere else)."""
 
     epoch: int
     step: int
     indices: np.ndarray
     sample_seeds: np.ndarray
-    mix: bool
     foreground: np.ndarray | None
-    lam: float
-    box: torch.Tensor | None
-    """int64 [4] (y0, y1, x0, x1) on view 0 (`mixing.sample_boxes`), None when not mixed."""
+    mix_decision: MixDecision | None
+    """Lambda and the one box of the batch on view 0; None when the step is not mixed."""
     device_seed: int
+
+    @property
+    def mix(self) -> bool:
+        return self.mix_decision is not None
+
+    @property
+    def box(self) -> torch.Tensor | None:
+        return None if self.mix_decision is None else self.mix_decision.box
+
+    @property
+    def lam(self) -> float:
+        return 1.0 if self.mix_decision is None else self.mix_decision.lam
 
 
 class EpochPlanner:
-    """Plans every step of every epoch. `foreground`: 'balanced' (ConCutMix), 'batch' (plain
-    CutMix: a shuffle of the same global batch) or None (no mixing); `view_size`: the side of
-    view 0, on which the CutMix box is drawn (32 for CIFAR views, 224 for ImageNet ones).
-    The batch size is checked against the process count here, once."""
+    """Plans every step of every epoch. `cutmix`: the method's mixing (`mixing.CutMix`, which
+    says where the foreground images come from and on what view size the box is drawn), or None
+    for a method that does not mix. The batch size is checked against the process count here,
+    once."""
 
     def __init__(
         self,
         labels: np.ndarray,
         seed: int,
         batch_size: int,
-        foreground: str | None,
-        mix_prob: float,
-        mix_beta: float,
+        cutmix: CutMix | None,
         rank: int = 0,
         world_size: int = 1,
         max_steps: int = 0,
         drop_last: bool = False,
-        view_size: int = 32,
     ):
         if batch_size % world_size:  # the one check of it (a config can be right for another G)
             raise BadValue(f"optim.batch_size {batch_size} must divide by the {world_size} "
@@ -96,18 +103,16 @@ class EpochPlanner:
         self.labels = np.asarray(labels, dtype=np.int64)
         self.seed = seed
         self.batch_size = batch_size
-        self.foreground = foreground
-        self.mix_prob = mix_prob if foreground else 0.0
-        self.mix_beta = mix_beta
+        self.cutmix = cutmix
         self.rank = rank
         self.world_size = world_size
         self.max_steps = max_steps
-        self.view_size = view_size
         full, rest = divmod(len(self.labels), batch_size)
         # the last partial batch, trimmed to a multiple of the process count (equal local batches)
         self.partial_size = 0 if drop_last else rest - rest % world_size
         self.full_steps = full
-        self.balanced = ClassBalancedSampler(self.labels) if foreground == "balanced" else None
+        balanced = cutmix is not None and cutmix.foreground == "balanced"
+        self.balanced = ClassBalancedSampler(self.labels) if balanced else None
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def steps_per_epoch(self) -> int:
@@ -130,19 +135,13 @@ class EpochPlanner:
         size = self.global_batch_size(step)
         start = step * self.batch_size
         global_idx = self._order(epoch)[start : start + size]
-        mix_rng = counter_rng(self.seed, _MIX, epoch, step)
-        mix = bool(mix_rng.random() < self.mix_prob)
-        lam = float(mix_rng.beta(self.mix_beta, self.mix_beta)) if mix else 1.0
-        box_seed = int(mix_rng.integers(0, 2**63 - 1))
-        box = global_fg = None
-        if mix:  # one box for the batch, from lambda as float32 (as the step always drew it)
-            generator = torch.Generator().manual_seed(box_seed % 2**63)
-            box = sample_boxes(torch.tensor([lam]), self.view_size, self.view_size, generator)[0]
-            fg_rng = counter_rng(self.seed, _FOREGROUND, epoch, step)
-            if self.foreground == "balanced":
-                global_fg = self.balanced.draw(size, fg_rng)
-            else:
-                global_fg = global_idx[fg_rng.permutation(size)]
+        decision = global_fg = None
+        if self.cutmix is not None:
+            decision = self.cutmix.decide(counter_rng(self.seed, _MIX, epoch, step))
+        if decision is not None:
+            global_fg = self.cutmix.pick_foreground(
+                global_idx, counter_rng(self.seed, _FOREGROUND, epoch, step),
+                None if self.balanced is None else self.balanced.draw)
         seeds = counter_rng(self.seed, _SAMPLE, epoch, step).integers(0, 2**63 - 1, size=size)
         local = slice(self.rank * size // self.world_size, (self.rank + 1) * size // self.world_size)
         return BatchPlan(
@@ -150,9 +149,7 @@ class EpochPlanner:
             step=step,
             indices=global_idx[local],
             sample_seeds=seeds[local],
-            mix=mix,
             foreground=None if global_fg is None else global_fg[local],
-            lam=lam,
-            box=box,
+            mix_decision=decision,
             device_seed=counter_seed(self.seed, _DEVICE, epoch, step, self.rank),
         )

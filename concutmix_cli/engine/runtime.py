@@ -64,12 +64,6 @@ def use_channels_last(cfg: RuntimeConfig, device: torch.device, precision: Preci
     return device.type == "cpu" or precision.autocast_dtype is not None
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def set_deterministic(enabled: bool) -> None:
     """Deterministic kernels (bit-exact reruns and resumes on CPU; slower on CUDA)."""
     if not enabled:

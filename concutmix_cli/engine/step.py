@@ -1,13 +1,13 @@
 """One training step of any method, as data: `Batch` -> (mix) -> model -> losses.
 
-The batch carries its plan (mixed, lambda, box); the method's properties (methods.py) decide what
-is computed (docs/method-notes.md sections 3, 5, 6):
-- ce:        CE on view 0.
-- cutmix:    CE on view 0 mixed with a shuffle of the batch (lambda-weighted labels).
-- bcl:       alpha * logit-adjusted CE on view 0 + beta * BCL on views 1 and 2.
-- concutmix: bcl + class-balanced CutMix on view 0; in the 0-based epochs after E_r
-             (epoch > method.rectify_after_epoch, as the reference tests it), the mixed label
-             is rectified with the semantic similarity of the contrastive space.
+The batch carries its plan (mixed, lambda, box); the method's row (methods.py) decides what is
+computed, and the step sums the terms the row names (docs/method-notes.md sections 3, 5, 6):
+- the classification loss: CE of the logits adjusted by tau * log prior (the row's tau: 0 for
+  ce and cutmix, 1 for balanced-softmax, `method.tau` for bcl and concutmix) on view 0; on a
+  mixed batch the lambda-weighted CE of the two classes, or, for a method that rectifies and in
+  the 0-based epochs after E_r, the CE against the rectified label;
+- for a contrastive method, weighted by alpha and beta, plus BCL on views 1 and 2.
+The mix itself (paste and area labels) is `mixing.CutMix`'s.
 """
 
 from __future__ import annotations
@@ -22,15 +22,8 @@ from concutmix_cli.config import MethodConfig
 from concutmix_cli.data.batch import Batch
 from concutmix_cli.engine.distributed import DistContext, gather_no_grad, gather_with_grad
 from concutmix_cli.methods import method as method_of
-from concutmix_cli.mixing import area_labels, paste
+from concutmix_cli.mixing import CutMix
 from concutmix_cli.rectify import rectify_labels
-
-
-def rectifies(method: MethodConfig, epoch: int) -> bool:
-    """Whether mixed batches of the 0-based `epoch` get rectified labels: methods that rectify
-    (ConCutMix), and only after E_r (`epoch > rectify_after_epoch`, the reference's
-    `epoch > args.l_d_warm`)."""
-    return method_of(method.name).rectifies and epoch > method.rectify_after_epoch
 
 
 @dataclass
@@ -62,8 +55,8 @@ class MethodStep:
         self.ctx = ctx
         self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
-        # logit adjustment is part of the contrastive recipes; ce and cutmix train on raw logits
-        self.tau = method.tau if self.method.contrast else 0.0
+        self.tau = self.method.logit_adjustment(method)
+        self.weights = self.method.loss_weights(method)
 
     def __call__(self, model, batch: Batch, epoch: int) -> StepResult:
         cfg = self.cfg
@@ -71,7 +64,8 @@ class MethodStep:
         labels = batch.labels
         n = labels.shape[0]
         mixed = batch.mixed
-        view0, lam_vec = (mix(batch) if mixed else (batch.view0, None))
+        view0, lam_vec = (CutMix.apply(batch.view0, batch.fg_view0, batch.box) if mixed
+                          else (batch.view0, None))
         contrast = self.method.contrast
         inputs = torch.cat([view0, batch.view1, batch.view2]) if contrast else view0
         if self.channels_last:
@@ -88,8 +82,8 @@ class MethodStep:
         rect_weight = None
         if mixed:
             fg_labels = batch.fg_labels
-            if rectifies(cfg, epoch):
-                area = area_labels(labels, fg_labels, lam_vec, self.num_classes)
+            if self.method.rectifies_in(cfg, epoch):
+                area = CutMix.targets(labels, fg_labels, lam_vec, self.num_classes)
                 rect = rectify_labels(area, out.projection[:n].float(), prototypes.float(),
                                       self.class_counts.to(device), cfg.omega, cfg.top_k)
                 cls = losses.logit_adjusted_ce(logits, rect.rectified, log_prior, self.tau)
@@ -98,7 +92,7 @@ class MethodStep:
                 cls = losses.mixed_ce(logits, labels, fg_labels, lam_vec, log_prior, self.tau)
         else:
             cls = losses.logit_adjusted_ce(logits, labels, log_prior, self.tau)
-        terms = {"cls": cls.detach()}
+        terms = {"cls": cls}
         if contrast:
             # Under torchrun the contrastive set is the GLOBAL batch: every rank's features and
             # labels are gathered (gradients flow back to the local part) and the rank's own rows
@@ -117,15 +111,21 @@ class MethodStep:
                 z_all, labels_all, F.normalize(prototypes.float(), dim=1), cfg.temperature,
                 anchor_index=anchors,
             )
-            terms["bcl"] = bcl.detach()
-            loss = cfg.alpha * cls + cfg.beta * bcl
-        else:
-            loss = cls
+            terms["bcl"] = bcl
+        loss = sum_terms(terms, self.weights)
+        terms = {name: term.detach() for name, term in terms.items()}
         correct = (logits.argmax(dim=1) == labels).sum().detach()
         return StepResult(loss=loss, terms=terms, correct=correct, rect_weight=rect_weight)
 
 
-def mix(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """CutMix of a mixed batch: B's view 0 pasted into A's inside the batch's one box; returns
-    (mixed view 0, exact lambda per sample, recounted from the clipped box)."""
-    return paste(batch.view0, batch.fg_view0, batch.box.expand(batch.size, 4))
+def sum_terms(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The loss: each term the method's row names, times its weight; a term of weight 1 (the
+    lone classification loss) is the loss itself, with no multiply."""
+    assert set(terms) == set(weights), (sorted(terms), sorted(weights))
+    if len(terms) == 1:
+        ((name, term),) = terms.items()
+        return term if weights[name] == 1.0 else weights[name] * term
+    total = None
+    for name, term in terms.items():
+        total = weights[name] * term if total is None else total + weights[name] * term
+    return total

@@ -92,12 +92,3 @@ def resized_crop_apply(images: torch.Tensor, t: ResizeTables) -> torch.Tensor:
     bot = cols(r1, t.x0).mul_(lx0).add_(cols(r1, t.x1).mul_(lx1)).add_(0.5).floor_()
     out = top.mul_(ly0).add_(bot.mul_(ly1))
     return out.add_(0.5).floor_().clamp_(0.0, UINT8_MAX).to(torch.uint8)
-
-
-def resized_crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: torch.Tensor,
-                      width: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
-    """Per-sample crop (top, left, height, width), bilinear resize to size x size, then horizontal
-    flip: PIL's resampling for the CIFAR case (crop no larger than the output): pixel-centre aligned,
-    edges clamped inside the crop, horizontal pass rounded to uint8 (half up), then vertical pass."""
-    t = ResizeTables.build(top.cpu(), left.cpu(), height.cpu(), width.cpu(), flip.cpu(), size)
-    return resized_crop_apply(images, t.ship(images.device))

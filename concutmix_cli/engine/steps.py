@@ -1,4 +1,11 @@
-"""The training step without host syncs, and its capture in CUDA graphs (`runtime.step`).
+"""The training step, in each of its modes (`runtime.step`), behind one interface: a step object
+is called with a `Batch`, trains on it and adds its sums and counts into the run's `StepTotals`.
+
+- `EagerStep`: checks each loss on the host, drops a non-finite batch at once; gradient
+  accumulation and the fp16 grad scaler;
+- `SyncFreeStep`: the same arithmetic with no host sync;
+- `GraphedStep`: `SyncFreeStep` captured in CUDA graphs.
+`make_step` builds the one a run uses.
 
 On a GPU a ResNet-32 step on 32x32 images is bound by the CPU launching kernels; every host sync
 (`.item()`, `bool(tensor)`, a copy to the host) makes the CPU wait for the GPU, so the two stop
@@ -28,12 +35,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import Callable, Protocol
 
 import torch
 
 from concutmix_cli.config import OptimConfig
 from concutmix_cli.data.batch import Batch
-from concutmix_cli.engine.step import MethodStep, StepResult, rectifies
+from concutmix_cli.engine import distributed as dist_utils
+from concutmix_cli.engine.step import MethodStep, StepResult
 from concutmix_cli.errors import UserError
 
 WARMUP_STEPS = 3
@@ -144,21 +153,77 @@ class StepTotals:
         return float(self.sums["loss"]) / max(int(self.counts["samples"]), 1)
 
 
+class TrainStep(Protocol):
+    """What every step mode is: called with a batch, it trains on it and adds the batch's sums
+    and counts into its `totals` (the run's one `StepTotals`)."""
+
+    step_fn: MethodStep
+    totals: StepTotals
+
+    def __call__(self, batch: Batch) -> None: ...
+
+
+def ends_accumulation(step: int, accumulate: int, steps_per_epoch: int) -> bool:
+    """Whether the optimizer steps after `step` (every `accumulate` steps and at epoch end)."""
+    return (step + 1) % accumulate == 0 or step + 1 == steps_per_epoch
+
+
+class EagerStep:
+    """Loss, a host check that it is finite, backward and, at an accumulation boundary, the
+    optimizer step (through the fp16 grad scaler when it is on).
+
+    A non-finite loss drops the batch on every process together (one rank leaving DDP's
+    all-reduce would hang the others) and is reported at once through `on_bad(batch, result)`,
+    which may raise to stop the run."""
+
+    def __init__(self, model: torch.nn.Module, step_fn: MethodStep, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, totals: StepTotals, ctx: dist_utils.DistContext,
+                 accumulate: int, steps_per_epoch: int,
+                 on_bad: Callable[[Batch, StepResult], None]):
+        self.model, self.step_fn, self.optimizer, self.scaler = model, step_fn, optimizer, scaler
+        self.totals, self.ctx, self.on_bad = totals, ctx, on_bad
+        self.accumulate, self.steps_per_epoch = accumulate, steps_per_epoch
+
+    def __call__(self, batch: Batch) -> None:
+        result = self.step_fn(self.model, batch, batch.epoch)
+        if dist_utils.any_rank(not bool(torch.isfinite(result.loss)), self.ctx):
+            self.on_bad(batch, result)
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        self.scaler.scale(result.loss / self.accumulate).backward()
+        skipped = False
+        if ends_accumulation(batch.step, self.accumulate, self.steps_per_epoch):
+            skipped = self.optimizer_step()
+        self.totals.add(result, batch)
+        self.totals.add_skipped(skipped)
+
+    def optimizer_step(self) -> bool:
+        """Unscale, step and zero the gradients; True when the fp16 grad scaler skipped the step."""
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return scale_before is not None and self.scaler.get_scale() < scale_before
+
+
 class SyncFreeStep:
     """Forward, loss, backward and the optimizer step of one batch, with no host sync.
 
-    The arithmetic is the eager step's (`Trainer.train_step`), so the weights after k steps are the
-    same; a non-finite loss skips the update through `found_inf` instead of a host test."""
+    The arithmetic is `EagerStep`'s, so the weights after k steps are the same; a non-finite
+    loss skips the update through `found_inf` instead of a host test, and is counted on the
+    device (`totals.counts["bad"]`, read by the loop at its logging points)."""
 
-    def __init__(self, model: torch.nn.Module, step_fn: MethodStep, optimizer: torch.optim.SGD):
+    def __init__(self, model: torch.nn.Module, step_fn: MethodStep, optimizer: torch.optim.SGD,
+                 totals: StepTotals):
         if not supports_found_inf(optimizer):
             raise ValueError("the sync-free step needs fused SGD (torch >= 2.4), which skips a "
                              "non-finite step on the device")
         self.model = model
         self.step_fn = step_fn
         self.optimizer = optimizer
+        self.totals = totals
 
-    def __call__(self, batch: Batch, totals: StepTotals) -> None:
+    def __call__(self, batch: Batch) -> None:
         result = self.step_fn(self.model, batch, batch.epoch)
         ok = torch.isfinite(result.loss)
         self.optimizer.grad_scale = None
@@ -166,27 +231,30 @@ class SyncFreeStep:
         result.loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        totals.add(result, batch, ok)
+        self.totals.add(result, batch, ok)
 
 
 class GraphedStep:
     """`SyncFreeStep` captured in one CUDA graph per step variant and replayed (CUDA only).
 
-    `totals` must be the same `StepTotals` object for the whole run (a graph adds into the
-    tensors it was captured with): start each epoch with `totals.reset`, never a new object."""
+    The totals must be the same `StepTotals` object for the whole run (a graph adds into the
+    tensors it was captured with): start each epoch with `totals.reset`, never a new object.
+    Capture is lazy, so a resume loads the optimizer's state before any graph reads it."""
 
-    def __init__(self, body: SyncFreeStep, totals: StepTotals, warmup_steps: int = WARMUP_STEPS):
+    def __init__(self, body: SyncFreeStep, warmup_steps: int = WARMUP_STEPS):
         if body.step_fn.autocast_cache:
             raise ValueError("capture needs MethodStep(autocast_cache=False)")
         self.body = body
-        self.totals = totals
+        self.step_fn = body.step_fn
+        self.totals = body.totals
         self.warmup_steps = warmup_steps
         self.graphs: dict[tuple[bool, bool], tuple[Batch, torch.cuda.CUDAGraph]] = {}
         self.eager_runs: Counter[tuple[bool, bool]] = Counter()
         self.side_stream = torch.cuda.Stream()
 
     def variant(self, batch: Batch) -> tuple[bool, bool]:
-        return batch.mixed, batch.mixed and rectifies(self.body.step_fn.cfg, batch.epoch)
+        step_fn = self.body.step_fn
+        return batch.mixed, batch.mixed and step_fn.method.rectifies_in(step_fn.cfg, batch.epoch)
 
     def __call__(self, batch: Batch) -> None:
         key = self.variant(batch)
@@ -201,13 +269,25 @@ class GraphedStep:
             current = torch.cuda.current_stream()
             self.side_stream.wait_stream(current)
             with torch.cuda.stream(self.side_stream):
-                self.body(batch, self.totals)
+                self.body(batch)
             current.wait_stream(self.side_stream)
             return
         static = replace(batch, **{k: v.clone() for k, v in batch.tensors().items()})
         graph = torch.cuda.CUDAGraph()
         self.body.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            self.body(static, self.totals)
+            self.body(static)
         self.graphs[key] = (static, graph)
         graph.replay()  # the capture only recorded the step: run it
+
+
+def make_step(mode: str, model: torch.nn.Module, step_fn: MethodStep, optimizer: torch.optim.Optimizer,
+              scaler: torch.amp.GradScaler, totals: StepTotals, ctx: dist_utils.DistContext,
+              accumulate: int, steps_per_epoch: int,
+              on_bad: Callable[[Batch, StepResult], None]) -> TrainStep:
+    """The step object of a resolved `mode` (`resolve_step_mode`): eager, sync_free or graphed."""
+    if mode == "eager":
+        return EagerStep(model, step_fn, optimizer, scaler, totals, ctx, accumulate,
+                         steps_per_epoch, on_bad)
+    body = SyncFreeStep(model, step_fn, optimizer, totals)
+    return GraphedStep(body) if mode == "graphed" else body

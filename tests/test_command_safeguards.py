@@ -1,8 +1,9 @@
-"""Reliability, round two (issue 12), one section per class of the issue: no hang when a
-DataLoader worker fails, no command writing over its inputs or a run's files, `prepare --force`
-only on prepared datasets, one writer per run folder, a lost checkpoint index rebuilt or refused,
-every bad number refused, bounded inspect-labels, paths that find a run's data again, and the
-smaller ones (usage errors, help text, resume notes, permissions, image sizes).
+"""The commands' safeguards against failures and misuse (issue 12), one section per class of
+the issue: no hang when a DataLoader worker fails, no command writing over its inputs or a
+run's files, `prepare --force` only on prepared datasets, one writer per run folder, a lost
+checkpoint index rebuilt or refused, every bad number refused, bounded inspect-labels, paths that
+find a run's data again, and the smaller ones (usage errors, help text, resume notes,
+permissions, image sizes).
 
 docs/reliability.md lists each promise with the test here that checks it. Subprocesses are used
 only where the behaviour is at process level (a hang at exit, a second process, the console

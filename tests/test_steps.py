@@ -1,4 +1,4 @@
-"""The sync-free step (engine/syncfree.py), run eagerly on CPU where CUDA graphs do not exist:
+"""The step modes (engine/steps.py): the sync-free step, run eagerly on CPU where CUDA graphs do not exist:
 same weights as the eager step, no host-syncing op, the same ops every step of a variant, stable
 storage, the learning rate as one device tensor updated in place, bad steps skipped on the device.
 """
@@ -13,8 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from concutmix_cli.config import build_config
 from concutmix_cli.engine.checkpoint import RunFolder
-from concutmix_cli.engine.syncfree import StepTotals, resolve_step_mode
-from concutmix_cli.engine.train import NonFiniteLoss, Trainer, lr_at
+from concutmix_cli.engine.steps import StepTotals, resolve_step_mode
+from concutmix_cli.engine.loop import NonFiniteLoss, Trainer, lr_at
 from concutmix_cli.errors import UserError
 from tests.conftest import one_error_line
 
@@ -66,7 +66,7 @@ def test_sync_free_step_trains_the_same_weights_as_the_eager_step(tmp_path, tiny
     assert {b.mixed for b in stream} == {True, False}, "the test needs both step variants"
     for trainer in (eager, fast):
         trainer.train_model.train()
-        inner = trainer.step_fn
+        inner = trainer.step.step_fn
 
         def poisoned(model, batch, epoch, inner=inner):
             result = inner(model, batch, epoch)
@@ -74,11 +74,9 @@ def test_sync_free_step_trains_the_same_weights_as_the_eager_step(tmp_path, tiny
                 result.loss = result.loss * float("inf")
             return result
 
-        trainer.step_fn = poisoned
-        if trainer is fast:
-            trainer._fast_step = None
+        trainer.step.step_fn = poisoned
         for batch in stream:
-            trainer.run_step(batch)
+            trainer.step(batch)
     for name, a in weights(eager).items():
         assert torch.equal(a, weights(fast)[name]), name
     a, b = eager.totals.read(), fast.totals.read()
@@ -98,12 +96,12 @@ def test_sync_free_step_issues_no_host_sync_and_the_same_ops_each_step(tmp_path,
     trainer.train_model.train()
     stream = batches(trainer, 12)
     for batch in stream[:2]:  # first steps create the momentum buffers
-        trainer.run_step(batch)
+        trainer.step(batch)
     ops_of = defaultdict(list)
     storage = None
     for batch in stream[2:]:
         with OpRecorder() as recorder:
-            trainer.run_step(batch)
+            trainer.step(batch)
         assert not SYNC_OPS & set(recorder.ops), sorted(SYNC_OPS & set(recorder.ops))
         ops_of[batch.mixed].append(recorder.ops)
         now = ([p.data_ptr() for p in trainer.model.parameters()]
@@ -123,7 +121,7 @@ def test_eager_step_is_what_the_recorder_catches(tmp_path, tiny_data):
     trainer = make_trainer(tmp_path, tiny_data, "eager")
     trainer.train_model.train()
     with OpRecorder() as recorder:
-        trainer.run_step(batches(trainer, 1)[0])
+        trainer.step(batches(trainer, 1)[0])
     assert "_local_scalar_dense" in recorder.ops or "is_nonzero" in recorder.ops
 
 
@@ -144,7 +142,7 @@ def test_learning_rate_is_one_device_tensor_updated_in_place(tmp_path, tiny_data
 
 def test_sync_free_run_stops_at_the_read_after_too_many_bad_steps(tmp_path, tiny_data):
     trainer = make_trainer(tmp_path, tiny_data, "sync_free", "runtime.max_steps_per_epoch=6")
-    inner = trainer.step_fn
+    inner = trainer.step.step_fn
 
     def poisoned(model, batch, epoch):
         result = inner(model, batch, epoch)
@@ -152,7 +150,7 @@ def test_sync_free_run_stops_at_the_read_after_too_many_bad_steps(tmp_path, tiny
             result.loss = result.loss * float("nan")
         return result
 
-    trainer.step_fn = poisoned
+    trainer.step.step_fn = poisoned
     with pytest.raises(NonFiniteLoss, match=r"epoch 1, by step 6: 1 non-finite loss\(es\) skipped"):
         trainer.train_epoch(0)  # read at step 5 (0-based), the epoch's last step here
 
@@ -190,11 +188,12 @@ def test_cli_refuses_graphed_on_cpu_in_one_line(cli, tmp_path, tiny_data):
 
 
 def test_resume_of_an_unfused_optimizer_state_stays_fused(tmp_path, tiny_data):
-    """A state saved by 0.2's unfused SGD (float lr) resumes into fused SGD with the lr tensor."""
+    """A state saved by unfused SGD (a float lr, as runs from before the fused step hold)
+    resumes into fused SGD with the lr tensor."""
     trainer = make_trainer(tmp_path, tiny_data, "sync_free", "optim.epochs=2",
                            "runtime.max_steps_per_epoch=2")
     old = torch.optim.SGD(trainer.model.parameters(), lr=0.1, momentum=0.9)
-    trainer.optimizer.load_state_dict(old.state_dict())  # what 0.2 saved, loaded as restore does
+    trainer.optimizer.load_state_dict(old.state_dict())  # what such a run saved, loaded as restore does
     assert not trainer.optimizer.param_groups[0]["fused"]
     trainer.run.create()
     trainer.save_checkpoint(1)  # an epoch-1 checkpoint holding the unfused state

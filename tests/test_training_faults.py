@@ -1,6 +1,6 @@
-"""Reliability (issue 7): exact resume after SIGKILL / SIGTERM at several points, checkpoint
-integrity (atomic writes, checksums, --keep, fallback), numerical faults, graceful stop and safe
-loading. docs/reliability.md says what these tests establish and what they do not.
+"""Training under faults (issue 7): exact resume after SIGKILL / SIGTERM at several points,
+checkpoint integrity (atomic writes, checksums, --keep, fallback), numerical faults, graceful stop
+and safe loading. docs/reliability.md says what these tests establish and what they do not.
 
 The exact-resume test drives the real console entry point in child processes. Two of its kill
 points are chosen deterministically by a test-only wrapper (CHILD below) around
@@ -275,7 +275,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cli, reference
 
 def _trainer(data: Path, run: Path, *overrides: str):
     from concutmix_cli.config import build_config
-    from concutmix_cli.engine.train import Trainer
+    from concutmix_cli.engine.loop import Trainer
 
     cfg = build_config(preset="smoke", overrides=[
         f"data.path='{data}'", "optim.batch_size=8", "runtime.max_steps_per_epoch=2",
@@ -286,10 +286,10 @@ def _trainer(data: Path, run: Path, *overrides: str):
 
 
 def test_skipped_bad_batch_is_counted_and_training_goes_on(data4, tmp_path):
-    from concutmix_cli.engine.train import NonFiniteLoss
+    from concutmix_cli.engine.loop import NonFiniteLoss
 
     trainer = _trainer(data4, tmp_path / "r", "runtime.max_bad_steps=1", "method.name='ce'")
-    real = trainer.step_fn
+    real = trainer.step.step_fn
 
     def nan_at_the_first_step(model, batch, epoch):
         result = real(model, batch, epoch)
@@ -298,7 +298,7 @@ def test_skipped_bad_batch_is_counted_and_training_goes_on(data4, tmp_path):
             result.terms["cls"] = result.terms["cls"] * float("nan")
         return result
 
-    trainer.step_fn = nan_at_the_first_step
+    trainer.step.step_fn = nan_at_the_first_step
     lines: list[str] = []
     trainer.emit = lambda event: lines.append(f"{event.kind}: {event.text}" if hasattr(event, "kind") else "")
     row = trainer.train_epoch(0)  # the first batch is skipped, the second trains
@@ -314,7 +314,7 @@ def test_grad_scaler_skipped_steps_are_counted(data4, tmp_path):
     trainer = _trainer(data4, tmp_path / "r", "runtime.max_steps_per_epoch=1")
     # a scale so large that the scaled fp32 loss (about 5 here) overflows: the scaler skips the
     # step and halves the scale, as in fp16 training (fp16 itself needs CUDA)
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    trainer.scaler = trainer.step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     row = trainer.train_epoch(0)
     assert row["skipped_steps"] == 1 and row["steps"] == 1
