@@ -63,22 +63,16 @@ class CutMix:
 
     def decide(self, rng: np.random.Generator) -> MixDecision | None:
         """A step's decision from its own generator: mixed with probability `prob` (None when
-        not), lambda, and the box drawn from lambda as float32 by a torch Generator seeded from
-        `rng` (the draws, in this order, are what every recorded run replays)."""
-        mixed = bool(rng.random() < self.prob)
-        lam = float(rng.beta(self.beta, self.beta)) if mixed else 1.0
-        box_seed = int(rng.integers(0, 2**63 - 1))
-        if not mixed:
-            return None
-        generator = torch.Generator().manual_seed(box_seed % 2**63)
-        box = sample_boxes(torch.tensor([lam]), self.size, self.size, generator)[0]
-        return MixDecision(lam, box)
+        not), then `draw` (the draws, in this order, are what every recorded run replays)."""
+        return self.draw(rng) if rng.random() < self.prob else None
 
     def decide_each(self, n: int, rng: np.random.Generator) -> list[MixDecision]:
         """`n` independent mixed decisions (one per sample), ignoring `prob`."""
-        return [self._mixed(rng) for _ in range(n)]
+        return [self.draw(rng) for _ in range(n)]
 
-    def _mixed(self, rng: np.random.Generator) -> MixDecision:
+    def draw(self, rng: np.random.Generator) -> MixDecision:
+        """One mixed decision: lambda ~ Beta(beta, beta) from `rng`, then the box of lambda (as
+        float32) drawn by a torch Generator seeded from `rng`."""
         lam = float(rng.beta(self.beta, self.beta))
         generator = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
         return MixDecision(lam, sample_boxes(torch.tensor([lam]), self.size, self.size, generator)[0])
