@@ -45,11 +45,10 @@ if str(HERE) not in sys.path:
 import repro_table as table  # noqa: E402  (beside this file)
 from repro_table import Reference  # noqa: E402
 
-from concutmix_cli.config import build_config, upgrade_saved_config  # noqa: E402
+from concutmix_cli.config import build_config, read_by_method, upgrade_saved_config  # noqa: E402
 from concutmix_cli.engine.resume import changed_settings  # noqa: E402
 from concutmix_cli.engine.runlock import LOCK_NAME  # noqa: E402
 from concutmix_cli.errors import UserError  # noqa: E402
-from concutmix_cli.methods import method as method_of  # noqa: E402
 from concutmix_cli.fileio import atomic_write_text, json_text  # noqa: E402
 from concutmix_cli.outputs import check_outputs  # noqa: E402
 
@@ -193,9 +192,8 @@ class Planned:
 
 
 def expected_config(run: Run, data: Path, tiny: bool):
-    uses = method_of(run.method).settings  # a method.* setting its method ignores is refused
-    overrides = [o for o in (*(TINY_OVERRIDES if tiny else FULL_OVERRIDES), *run.overrides)
-                 if not o.startswith("method.") or o.split("=", 1)[0].split(".", 1)[1] in uses]
+    overrides = read_by_method(run.method, [*(TINY_OVERRIDES if tiny else FULL_OVERRIDES),
+                                            *run.overrides])
     cfg = build_config(preset=run.preset, overrides=overrides, shortcuts={
         "data.path": str(data), "method.name": run.method, "runtime.seed": run.seed})
     return cfg, overrides

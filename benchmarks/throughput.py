@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from concutmix_cli.config import build_config  # noqa: E402
+from concutmix_cli.config import build_config, read_by_method  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
 from concutmix_cli.engine.loop import Trainer  # noqa: E402
@@ -82,15 +82,12 @@ def build_trainer(args, data: Path, workdir: Path) -> Trainer:
     from concutmix_cli.data.longtail import read_manifest
 
     num_classes = int(read_manifest(data)["num_classes"])
-    uses = METHODS[args.method].settings  # a method.* setting the method ignores is refused
-    method_sets = [f"method.{key}={value}" for key, value in (
-        ("top_k", min(30, num_classes)), ("rectify_after_epoch", -1), ("cutmix_prob", 0.5))
-        if key in uses]
-    overrides = [
-        f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
+    overrides = read_by_method(args.method, [
+        f"method.top_k={min(30, num_classes)}", f'data.path="{data}"', f"data.augment_on=\"{args.augment_on}\"",
         f"data.num_workers={args.num_workers}", "optim.warmup_epochs=0", "optim.epochs=1000",
-        *method_sets, f'runtime.step="{args.step}"', *args.overrides,
-    ]
+        "method.rectify_after_epoch=-1", "method.cutmix_prob=0.5", f'runtime.step="{args.step}"',
+        *args.overrides,
+    ])
     cfg = build_config(preset="cifar100-lt-if100", overrides=overrides,
                        shortcuts={"optim.batch_size": args.batch_size, "method.name": args.method,
                                   "runtime.device": args.device})

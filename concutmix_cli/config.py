@@ -367,12 +367,25 @@ def build_config(
         sources[dotted] = f"command-line option for {dotted}"
     for assignment in overrides or []:
         apply_override(raw, assignment)
-        sources[".".join(p for p in assignment.split("=", 1)[0].strip().split(".") if p)] = (
+        sources[override_key(assignment)] = (
             f"--set {assignment}")
     cfg = config_from_dict(raw, origin=f"preset {preset}" if preset else "config",
                            sources=sources)
     cfg._notes.extend(_check_method_settings(cfg, preset, preset_keys, sources))
     return cfg
+
+
+def override_key(assignment: str) -> str:
+    """The dotted key of a `section.key=value` override (`method.top_k=3` -> `method.top_k`)."""
+    return ".".join(p for p in assignment.split("=", 1)[0].strip().split(".") if p)
+
+
+def read_by_method(name: str, overrides: list[str]) -> list[str]:
+    """`overrides` without the `method.*` settings that method `name` does not read (which
+    `build_config` refuses): for scripts that give one list of settings to several methods."""
+    uses = method_of(name).settings
+    return [o for o in overrides if not override_key(o).startswith("method.")
+            or override_key(o).split(".", 1)[1] in uses]
 
 
 def _check_method_settings(cfg: Config, preset: str | None, preset_keys: set[str],

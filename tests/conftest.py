@@ -77,6 +77,13 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data4(tmp_path_factory) -> Path:
+    """4 classes (40, 18, 8, 4 training images; 50 test images each): small enough that a run
+    spends its time on steps, not on evaluation. Shared: a test that edits it works on a copy."""
+    return tiny_synthetic(tmp_path_factory.mktemp("data") / "d4", classes=4)
+
+
+@pytest.fixture(scope="session")
 def cifar100_npz() -> Path:
     if not CIFAR100_NPZ.is_file():
         pytest.skip(f"real CIFAR-100 archive not found at {CIFAR100_NPZ}")

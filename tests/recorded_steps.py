@@ -72,16 +72,14 @@ def record_one(method: str, augment_on: str, data: Path, out: Path) -> dict:
     from concutmix_cli.engine.checkpoint import RunFolder
     from concutmix_cli.engine.train import run
 
-    from concutmix_cli.methods import method as method_of
+    from concutmix_cli.config import read_by_method
 
-    uses = method_of(method).settings  # the settings a method does not read are refused
-    cfg = build_config(preset="smoke", overrides=[
+    cfg = build_config(preset="smoke", overrides=read_by_method(method, [
         f"data.path='{data}'", f"method.name='{method}'", f"data.augment_on='{augment_on}'",
         "runtime.device='cpu'", "optim.batch_size=16", "runtime.max_steps_per_epoch=3",
-        "data.num_workers=0", "runtime.seed=5", "runtime.step='eager'",
-        *[f"method.{key}={value}" for key, value in (("top_k", 3), ("rectify_after_epoch", 0))
-          if key in uses],
-    ])
+        "data.num_workers=0", "method.top_k=3",
+        "method.rectify_after_epoch=0", "runtime.seed=5", "runtime.step='eager'",
+    ]))
     steps: list[dict] = []
     original = step_module.MethodStep.__call__
 

@@ -29,11 +29,6 @@ def _no_temporaries(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data4(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("bad") / "d4", classes=4)
-
-
-@pytest.fixture(scope="module")
 def data3(tmp_path_factory) -> Path:
     return tiny_synthetic(tmp_path_factory.mktemp("bad") / "d3", classes=3)
 

@@ -36,11 +36,6 @@ pytestmark = pytest.mark.usefixtures("wide")  # conftest: long paths stay on one
 
 
 @pytest.fixture(scope="module")
-def data4(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("r2") / "d4", classes=4)
-
-
-@pytest.fixture(scope="module")
 def run4(data4, tmp_path_factory) -> Path:
     """A finished one-epoch run (optim.epochs = 1)."""
     return one_epoch_run(tmp_path_factory.mktemp("r2") / "run4", data4, "optim.epochs=1")

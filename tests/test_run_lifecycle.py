@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_CLI, one_error_line, tiny_synthetic, tree
+from tests.conftest import FAST_CLI, one_error_line, tree
 
 FAST = FAST_CLI
 
@@ -22,19 +22,14 @@ pytestmark = pytest.mark.usefixtures("wide")  # conftest: long paths stay on one
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return tiny_synthetic(tmp_path_factory.mktemp("life") / "data", classes=4)
-
-
-@pytest.fixture(scope="module")
-def two_epochs(data, tmp_path_factory) -> Path:
+def two_epochs(data4, tmp_path_factory) -> Path:
     """A finished two-epoch run (one step an epoch)."""
     from concutmix_cli.cli import main
     import sys
 
     run = tmp_path_factory.mktemp("life") / "run2"
     saved = sys.argv
-    sys.argv = ["concutmix", "train", "--data", str(data), "--out", str(run), "--epochs", "2",
+    sys.argv = ["concutmix", "train", "--data", str(data4), "--out", str(run), "--epochs", "2",
                 *FAST]
     try:
         main()
@@ -43,13 +38,13 @@ def two_epochs(data, tmp_path_factory) -> Path:
     return run
 
 
-def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(cli, data, tmp_path):
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder(cli, data4, tmp_path):
     """A non-finite loss in the first epoch stopped the run with "no checkpoint was saved yet"
     but left config.json and manifest.json behind, so the same command was then refused ("run
     folder ... already exists"). Now the folder is removed and the command can be run again."""
     run = tmp_path / "run"
     for _ in range(2):
-        code, out, err = cli("train", "--data", data, "--out", run, "--batch-size", "8",
+        code, out, err = cli("train", "--data", data4, "--out", run, "--batch-size", "8",
                              "--device", "cpu", "--set", "data.num_workers=0",
                              "--set", "optim.lr=1e30")
         assert code == 2
@@ -109,12 +104,12 @@ def test_a_resume_over_a_cut_metrics_line_says_which_epochs_have_no_row(cli, two
     assert epochs == [1, 3]
 
 
-def test_a_new_run_onto_a_file_says_it_is_a_file(cli, data, tmp_path):
+def test_a_new_run_onto_a_file_says_it_is_a_file(cli, data4, tmp_path):
     """`train --out FILE` said "run folder FILE already exists and is not empty; use --resume
     FILE" (resuming a file cannot work). Now it says what FILE is; the file is untouched."""
     target = tmp_path / "notes.txt"
     target.write_text("mine")
-    code, out, err = cli("train", "--data", data, "--out", target, *FAST)
+    code, out, err = cli("train", "--data", data4, "--out", target, *FAST)
     assert code == 2
     one_error_line(err, f"--out {target} is a file, not a folder")
     assert target.read_text() == "mine"

@@ -9,7 +9,7 @@ import torch
 from concutmix_cli.methods import METHODS
 from concutmix_cli.mixing import CutMix
 
-from concutmix_cli.config import build_config
+from concutmix_cli.config import build_config, read_by_method
 from concutmix_cli.data.sampling import ClassBalancedSampler, EpochPlanner, counter_rng
 from concutmix_cli.engine.loop import lr_at
 
@@ -17,14 +17,10 @@ FAST = ["--set", "optim.batch_size=16", "--set", "runtime.max_steps_per_epoch=2"
         "--set", "data.num_workers=0", "--set", "method.top_k=3"]
 
 
-def method_sets(method: str, **settings) -> list[str]:
-    """`--set method.KEY=VALUE` for the settings the method's row says it reads (any other is
-    refused), so one command line serves every method."""
-    from concutmix_cli.methods import method as method_of
-
-    uses = method_of(method).settings
-    return [arg for key, value in settings.items() if key in uses
-            for arg in ("--set", f"method.{key}={value}")]
+def method_sets(method: str, *overrides: str) -> list[str]:
+    """`--set` for the overrides the method reads (any other is refused), so one command line
+    serves every method."""
+    return [arg for o in read_by_method(method, list(overrides)) for arg in ("--set", o)]
 
 
 def _metrics(run):
@@ -37,7 +33,8 @@ def test_each_method_trains_evaluates_and_resumes(cli, tiny_data, tmp_path, meth
     run = tmp_path / f"run-{method}"
     code, out, err = cli("train", "--preset", "smoke", "--data", tiny_data, "--out", run,
                          "--method", method, "--epochs", "1", "--seed", "3",
-                         *method_sets(method, cutmix_prob=1.0, rectify_after_epoch=0, top_k=3),
+                         *method_sets(method, "method.cutmix_prob=1.0", "method.rectify_after_epoch=0",
+                                     "method.top_k=3"),
                          *FAST[:-2])
     assert code == 0, err
     rows = _metrics(run)

@@ -31,7 +31,6 @@ from safetensors.torch import load_file
 from concutmix_cli.engine.checkpoint import RunFolder, read_state, read_weights, state_bytes, weights_bytes
 from concutmix_cli.fileio import atomic_write_bytes
 from concutmix_cli.errors import UserError
-from tests.conftest import tiny_synthetic
 
 WALL_CLOCK = {"seconds", "samples_per_s"}
 EPOCHS = 3
@@ -121,13 +120,6 @@ def _assert_same_weights(a: Path, b: Path) -> None:
               or not torch.equal(_bits(ta[k]), _bits(tb[k]))]
     assert not differ, f"tensors differ: {differ[:5]}"
     assert read_weights(a)[1] == read_weights(b)[1]
-
-
-@pytest.fixture(scope="module")
-def data4(tmp_path_factory) -> Path:
-    """4 classes (40, 18, 8, 4 training images; 50 test images each): small enough that a child
-    process spends its time on steps, not on evaluation."""
-    return tiny_synthetic(tmp_path_factory.mktemp("rel") / "d4", classes=4)
 
 
 _REFERENCE: dict[Path, subprocess.Popen] = {}

@@ -72,9 +72,9 @@ def check_config_against_data(cfg: Config, data: PreparedData) -> None:
                         f"{len(data.train)} training images")
 
 
-def build_parts(cfg: Config, ctx: dist_utils.DistContext, *, data: PreparedData | None = None,
-                fresh: bool = True, emit: Callback = lambda event: None,
-                on_bad: Callable[[Batch, StepResult], None] | None = None) -> RunParts:
+def build_parts(cfg: Config, ctx: dist_utils.DistContext, *,
+                on_bad: Callable[[Batch, StepResult], None], data: PreparedData | None = None,
+                fresh: bool = True, emit: Callback = lambda event: None) -> RunParts:
     """The parts of a run of `cfg` on `data` (else `cfg.data.path` is loaded). `fresh`: a new
     run (a pretrained backbone is loaded; a resumed run loads its own weights later); `on_bad`:
     what the eager step calls on a non-finite loss (the loop counts it, and may stop)."""
@@ -120,8 +120,7 @@ def build_parts(cfg: Config, ctx: dist_utils.DistContext, *, data: PreparedData 
                          autocast_cache=step_mode != "graphed")
     totals = StepTotals(device)
     step = make_step(step_mode, train_model, step_fn, optimizer, scaler, totals, ctx,
-                     cfg.optim.accumulate, planner.steps_per_epoch(),
-                     on_bad or (lambda batch, result: None))
+                     cfg.optim.accumulate, planner.steps_per_epoch(), on_bad)
     if augment_on == "device":
         batches = DeviceBatches(data, planner, method.contrast, device, cfg.data.prefetch,
                                 cfg.data.epoch_views)
