@@ -182,9 +182,10 @@ def summarize(folder: Path) -> RunSummary | None:
     sessions = sidecar.get("sessions", [])
     cards = []
     for s in sessions:
-        parallel = s.get("parallel", 1)
-        card = s.get("card", "?") + (f" ({parallel} at once{', MPS' if s.get('mps') else ''})"
-                                      if parallel > 1 else "")
+        parallel, step = s.get("parallel", 1), s.get("step")
+        how = ([f"{parallel} at once" + (", MPS" if s.get("mps") else "")] if parallel > 1 else []) + (
+            [f"step {step}"] if isinstance(step, str) and step != "run's own" else [])
+        card = s.get("card", "?") + (f" ({', '.join(how)})" if how else "")
         if card not in cards:
             cards.append(card)
     method = config.method

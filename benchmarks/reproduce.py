@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import filecmp
 import gzip
 import os
 import shlex
@@ -98,6 +99,10 @@ PLAN: tuple[Run, ...] = (  # the issue's order of value: each call adds whole ro
 SEED_GROUP = ("r01", "r08", "r09")
 """Rows that differ only in the training seed: mean +- std."""
 ABLATION = (("0", "r10"), (OMEGA_PUBLISHED + " (published)", "r01"), ("1.0", "r11"))
+
+MACHINE_SETTINGS = ("data.path", "runtime.step")
+"""Settings that say where and how fast a run trains, not what it learns: a run may be resumed
+with another value (the repository moved; `--step` chose another mode on another card)."""
 
 FULL_OVERRIDES = ('data.augment_on="device"',)
 """Batched views on the training device (3.3x faster an epoch on an H200, docs/benchmarks.md)."""
@@ -217,7 +222,8 @@ def plan_state(run: Run, out: Path, data_root: Path, tiny: bool) -> Planned:
         raise UserError(f"{folder} exists but holds no run (no config.json); move it away")
     summary = table.summarize(folder)  # every file of the folder checked: damage is refused
     saved = upgrade_saved_config(table.read_object(folder / "config.json"))
-    changes = [c for c in changed_settings(saved, cfg) if not c.startswith("data.path:")]
+    changes = [c for c in changed_settings(saved, cfg)
+               if not c.startswith(tuple(f"{key}:" for key in MACHINE_SETTINGS))]
     if changes:
         raise UserError(f"{folder} holds a run with other settings ({'; '.join(changes[:3])}); "
                         f"use another --out")
@@ -226,13 +232,15 @@ def plan_state(run: Run, out: Path, data_root: Path, tiny: bool) -> Planned:
     return planned
 
 
-def train_command(p: Planned) -> list[str]:
+def train_command(p: Planned, step: str | None = None) -> list[str]:
+    """The trainer's command line; `step`: runtime.step for this call (else the run's own)."""
     base = [sys.executable, "-m", "concutmix_cli", "train"]
+    mode = ["--set", f'runtime.step="{step}"'] if step else []
     if p.state == "resume":  # the run's own config; --data: the repository may sit elsewhere now
-        return [*base, "--resume", str(p.folder), "--data", str(p.data)]
+        return [*base, "--resume", str(p.folder), "--data", str(p.data), *mode]
     sets = [arg for o in p.overrides for arg in ("--set", o)]
     return [*base, "--preset", p.run.preset, "--data", str(p.data), "--method", p.run.method,
-            "--seed", str(p.run.seed), *sets, "--out", str(p.folder)]
+            "--seed", str(p.run.seed), *sets, *mode, "--out", str(p.folder)]
 
 
 # ----------------------------------------------------------------------------- the call
@@ -244,6 +252,7 @@ class Options:
     data_root: Path
     tiny: bool = False
     parallel: int = 1
+    step: str | None = None
     time_budget: float | None = None
     stop_grace: float = 30.0
     min_start: float = 60.0
@@ -366,7 +375,7 @@ class Runner:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.opts.parallel))
         log = open(self.opts.out / "logs" / f"{p.run.id}.log", "a")
         stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        cmd = train_command(p)
+        cmd = train_command(p, self.opts.step)
         log.write(f"\n== {stamp} {p.state} (epochs done {p.done}/{p.epochs}): {shlex.join(cmd)}\n")
         log.flush()
         # same process group: whatever kills this call (a device limit) kills the trainers too
@@ -417,7 +426,8 @@ class Runner:
         sidecar["sessions"].append({
             "started": child.started_at, "wall_s": round(time.monotonic() - child.started, 3),
             "card": self.card, "torch": self.torch_version, "parallel": self.opts.parallel,
-            "mps": self.mps, "epochs_before": p.done, "epochs_after": done, "exit": rc,
+            "mps": self.mps, "step": self.opts.step or "run's own", "epochs_before": p.done,
+            "epochs_after": done, "exit": rc,
         })
         atomic_write_text(path, json_text(sidecar, indent=2) + "\n")
 
@@ -472,17 +482,22 @@ class Runner:
 def archive_runs(plan: list[Planned], dest: Path, say: Callable[[str], None]) -> None:
     """One DEST/<id>.tgz per run of the selection, so that results and resume states leave a
     machine that is given back: a finished run without checkpoints/ (it has nothing to resume;
-    last.safetensors and the metrics stay), an unfinished one whole."""
+    last.safetensors and the metrics stay), an unfinished one whole, its last.safetensors stored
+    as a hard link to the newest checkpoint's identical weights (a third less to carry back to
+    a device machine, whose calls take 64 MiB with the data)."""
     dest.mkdir(parents=True, exist_ok=True)
     for p in plan:
         if not (p.folder / "config.json").is_file():
             continue
         finished = len(table.metrics_rows(p.folder)) >= p.epochs
+        twin = None if finished else _weights_twin(p.folder)
 
         def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
             parts = Path(info.name).parts
             if LOCK_NAME in parts or (finished and len(parts) > 1 and parts[1] == "checkpoints"):
                 return None
+            if twin is not None and parts[1:] == ("last.safetensors",):
+                info.type, info.linkname, info.size = tarfile.LNKTYPE, f"{p.run.id}/{twin}", 0
             return info
 
         tmp = dest / f".{p.run.id}.tgz.tmp"
@@ -496,6 +511,18 @@ def archive_runs(plan: list[Planned], dest: Path, say: Callable[[str], None]) ->
     if plan and (plan[0].folder.parent / "table.md").is_file():
         shutil.copyfile(plan[0].folder.parent / "table.md", dest / "table.md")
     say(f"run archives written to {dest}")
+
+
+def _weights_twin(folder: Path) -> str | None:
+    """The checkpoint weights file (relative to `folder`) that holds the same bytes as
+    last.safetensors; tar adds checkpoints/ before last.safetensors (it adds names sorted)."""
+    last = folder / "last.safetensors"
+    if not last.is_file():
+        return None
+    for weights in sorted((folder / "checkpoints").glob("*.safetensors"), reverse=True):
+        if filecmp.cmp(weights, last, shallow=False):
+            return weights.relative_to(folder).as_posix()
+    return None
 
 
 def _one_line(err: object) -> str:
@@ -718,6 +745,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--only", help="comma-separated run ids (r01,r03); kept in the plan's order")
     parser.add_argument("--parallel", type=_positive(int), default=1,
                         help="trainer processes at once on the one device")
+    parser.add_argument("--step", choices=("auto", "eager", "sync_free", "graphed"),
+                        help="runtime.step of the trainers in this call [each run's own]; a run "
+                             "may be resumed in another mode")
     parser.add_argument("--time-budget", type=_positive(float),
                         help="seconds this call may take; trainers are stopped cleanly before")
     parser.add_argument("--stop-grace", type=_positive(float, True), default=30.0,
@@ -749,7 +779,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
         read_doc(args.doc)
     opts = Options(
         out=args.out or Path("runs/reproduce-tiny" if args.tiny else "runs/reproduce"),
-        data_root=args.data_root, tiny=args.tiny, parallel=args.parallel,
+        data_root=args.data_root, tiny=args.tiny, parallel=args.parallel, step=args.step,
         time_budget=args.time_budget, stop_grace=args.stop_grace,
         min_start=args.min_start if args.min_start is not None else (0.0 if args.tiny else 60.0),
         mps=args.mps, sources=sources, download_root=args.download_root,
@@ -774,13 +804,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     return args, opts
 
 
-def print_plan(plan: list[Planned], say: Callable[[str], None]) -> None:
+def print_plan(plan: list[Planned], say: Callable[[str], None], step: str | None) -> None:
     for p in plan:
         state = {"new": "new", "finished": f"finished ({p.done}/{p.epochs})",
                  "resume": f"resume at epoch {p.done + 1}/{p.epochs}"}[p.state]
         say(f"{p.run.id}  {p.run.setting()}, {p.run.method}, subset seed {p.run.subset_seed}, "
             f"training seed {p.run.seed}  [{state}]")
-        say(f"     {shlex.join(train_command(p))}")
+        say(f"     {shlex.join(train_command(p, step))}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -800,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                 archive_runs(plan, opts.archive, say)
             return EXIT_DONE
         if args.dry_run:
-            print_plan(plan, lambda text: print(text, flush=True))
+            print_plan(plan, lambda text: print(text, flush=True), opts.step)
             return EXIT_DONE
         (opts.out / "logs").mkdir(parents=True, exist_ok=True)
         runner = Runner(opts, plan, say)

@@ -10,9 +10,4 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . benchmarks/device_env.sh
-for archive in .devdata/*.tar.xz; do
-  [ -f "$archive" ] || continue
-  name=$(basename "$archive" .tar.xz)
-  [ -f "data/$name/manifest.json" ] || { mkdir -p data && tar -xJf "$archive" -C data; }
-done
 exec "${PY:-python3}" benchmarks/reproduce.py "$@"

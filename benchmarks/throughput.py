@@ -47,8 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CIFAR-100 .npz archive")
     p.add_argument("--data", type=Path, help="an already prepared folder (skips preparing)")
     p.add_argument("--synthetic", action="store_true", help="use built-in synthetic data (CI)")
+    p.add_argument("--preset", default="cifar100-lt-if100",
+                   help="the recipe (model, views, batch size) measured [cifar100-lt-if100]")
     p.add_argument("--method", default="concutmix", choices=list(METHODS))
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="[the preset's]")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--rounds", type=int, default=4,
@@ -60,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="runtime.step")
     p.add_argument("--num-workers", type=int, default=-1)
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
+    p.add_argument("--pageable-staging", action="store_true",
+                   help="copy the device path's parameters from pageable memory instead of "
+                        "through pinned buffers (to measure what the pinned staging buys)")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -88,7 +93,7 @@ def build_trainer(args, data: Path, workdir: Path) -> Trainer:
         "method.rectify_after_epoch=-1", "method.cutmix_prob=0.5", f'runtime.step="{args.step}"',
         *args.overrides,
     ])
-    cfg = build_config(preset="cifar100-lt-if100", overrides=overrides,
+    cfg = build_config(preset=args.preset, overrides=overrides,
                        shortcuts={"optim.batch_size": args.batch_size, "method.name": args.method,
                                   "runtime.device": args.device})
     trainer = Trainer(cfg, RunFolder(workdir / "run"))
@@ -268,8 +273,22 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def use_pageable_staging() -> None:
+    """The A/B of `shipping.stage`: the same copies without the pinned buffer (the device path
+    reads `stage` from these two modules)."""
+    from concutmix_cli.data import loader
+    from concutmix_cli.data.device import shipping
+
+    def pageable(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return host if device.type == "cpu" else host.to(device, non_blocking=True)
+
+    shipping.stage = loader.stage = pageable
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.pageable_staging:
+        use_pageable_staging()
     with tempfile.TemporaryDirectory(prefix="concutmix-bench-") as tmp:
         workdir = Path(tmp)
         data = _prepared_folder(args, workdir)
@@ -280,8 +299,11 @@ def main(argv=None) -> dict:
         real, ceiling, flops, profile = (timed["samples_per_s"], timed["ceiling_samples_per_s"],
                                          timed["flops_per_sample"], timed["profile"])
         result = {
-            "method": args.method, "batch_size": args.batch_size, "augment_on": args.augment_on,
+            "preset": args.preset, "method": args.method, "batch_size": trainer.cfg.optim.batch_size,
+            "arch": trainer.cfg.model.arch, "num_workers": args.num_workers,
+            "augment_on": args.augment_on,
             "prefetch": bool(getattr(trainer.batches, "prefetch", False)),
+            "staging": "pageable" if args.pageable_staging else "pinned",
             "epoch_views_steps": getattr(trainer.batches, "chunk_steps", None),
             "device": device_name(trainer.device), "precision": trainer.precision.name,
             "channels_last": trainer.channels_last, "data": str(trainer.data.manifest["dataset"]),
@@ -289,7 +311,7 @@ def main(argv=None) -> dict:
             "samples_per_s": real, "ceiling_samples_per_s": ceiling, "ratio": real / ceiling,
             "round_ratios": timed["round_ratios"],
             "augment_resolved": trainer.parts.augment_on, "step": trainer.step_mode,
-            "step_gflop": flops * args.batch_size / 1e9,
+            "step_gflop": flops * trainer.cfg.optim.batch_size / 1e9,
             "tflops": flops * real / 1e12, "ceiling_tflops": flops * ceiling / 1e12,
             "profile_s_per_step": profile, **peak_memory(trainer.device),
             "torch": torch.__version__,

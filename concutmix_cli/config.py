@@ -53,7 +53,7 @@ class DataConfig(_Section):
     """Device path only: make the next step's views (the next chunk's, see `epoch_views`) in a
     background thread while this step trains (identical batches). Meant for CUDA, where the views are bound by the CPU launching small
     kernels and could overlap with the backward pass; not yet measured on a GPU, so off by default
-    (benchmarks/gpu_check.sh measures both). On CPU it only shares the same cores."""
+    (the GPU window of benchmarks/gpu_window.sh measures both). On CPU it only shares the same cores."""
     epoch_views: Literal["auto", "off", "epoch"] | Annotated[int, Field(ge=1, le=MAX_EPOCH_STEPS)] = "auto"
     """Device path only: how many steps' views are made together, one batched pass per kind of
     view and one host-to-device copy of the indices and boxes per chunk (identical batches: every
@@ -148,7 +148,7 @@ class RuntimeConfig(_Section):
     step is skipped on the device by the fused SGD and counted; read every few steps). graphed:
     sync_free captured in one CUDA graph per step variant (CUDA only). Both need one process, no
     gradient accumulation and no fp16 grad scaler. auto: eager everywhere until the GPU check
-    (benchmarks/gpu_check.sh) has measured the other two on a card."""
+    (benchmarks/gpu_window.sh) has measured the other two on a card."""
     tensorboard: bool = False
     """Also write TensorBoard scalars into RUN/tensorboard (the `tensorboard` extra)."""
 

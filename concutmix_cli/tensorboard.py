@@ -31,7 +31,7 @@ def tag_of(key: str) -> str:
         if key.startswith(split + "_"):
             return f"{split}/{key[len(split) + 1:]}"
     return {"rect_weight": "rectify/omega_rho", "samples_per_s": "speed/samples_per_s",
-            "seconds": "speed/epoch_seconds"}.get(key, f"train/{key}")
+            "seconds": "speed/epoch_seconds", "eval_seconds": "speed/eval_seconds"}.get(key, f"train/{key}")
 
 
 class TensorBoardLog:

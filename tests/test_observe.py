@@ -256,7 +256,7 @@ def test_tensorboard_scalars_have_the_metrics_tags_and_values(tiny_data, tmp_pat
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/loss_cls", "train/loss_bcl", "train/lr", "train/train_acc",
             "test/top1", "test/medium", "test/few", "test/ece", "rectify/omega_rho",
-            "speed/samples_per_s", "step/loss"} <= tags
+            "speed/samples_per_s", "speed/eval_seconds", "step/loss"} <= tags
     assert "test/many" not in tags  # the tiny data has no many-shot class: None is not logged
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     top1 = [(s.step, s.value) for s in events.Scalars("test/top1")]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -175,6 +177,41 @@ def test_run_archives_carry_the_runs_to_another_machine(calls, capsys, tmp_path)
     assert reproduce.main(["--table-only", *common, "--restore", str(root / "arch1")]) == 0
     assert "r10: " in capsys.readouterr().err and tree(out2 / "r10") == later
     assert sorted(p.name for p in out2.iterdir()) == ["r01", "r10", "table.json", "table.md"]
+
+
+def test_an_unfinished_runs_archive_holds_its_weights_once(calls):
+    """arch1's r10 is unfinished: last.safetensors travels as a hard link to the identical
+    checkpoint weights (a third less to carry to a device machine); the restore above gave
+    the same bytes back."""
+    with tarfile.open(calls["root"] / "arch1" / "r10.tgz") as tar:
+        last = tar.getmember("r10/last.safetensors")
+        assert last.islnk() and last.linkname.startswith("r10/checkpoints/epoch-")
+        target = tar.extractfile(last.linkname).read()
+    assert target == calls["first"]["r10"]["last.safetensors"]
+    with tarfile.open(calls["root"] / "arch2" / "r01.tgz") as tar:  # finished: no checkpoints
+        assert tar.getmember("r01/last.safetensors").isfile()
+
+
+def test_the_step_mode_is_a_machine_setting_not_another_run(calls, tmp_path):
+    """--step sets runtime.step for new and resumed trainers; a run folder whose config differs
+    from the plan only there is the same run (resumed, not refused)."""
+    run = next(r for r in reproduce.PLAN if r.id == "r01")
+    planned = reproduce.plan_state(run, tmp_path / "empty", calls["data"], True)
+    new = reproduce.train_command(planned, "graphed")
+    assert new[new.index("--out") - 2:new.index("--out")] == ["--set", 'runtime.step="graphed"']
+    assert "runtime.step" not in " ".join(reproduce.train_command(planned))
+    planned.state = "resume"
+    assert reproduce.train_command(planned, "sync_free")[-2:] == ["--set", 'runtime.step="sync_free"']
+    out = tmp_path / "out"
+    shutil.copytree(calls["out"] / "r01", out / "r01")
+    config = json.loads((out / "r01" / "config.json").read_text())
+    config["runtime"]["step"] = "sync_free"
+    (out / "r01" / "config.json").write_text(json.dumps(config))
+    assert reproduce.plan_state(run, out, calls["data"], True).state == "finished"
+    config["optim"]["lr"] = 0.5
+    (out / "r01" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(reproduce.UserError, match="other settings"):
+        reproduce.plan_state(run, out, calls["data"], True)
 
 
 def test_dry_run_lists_the_plan_in_order_with_each_runs_state(calls, capsys, tmp_path):

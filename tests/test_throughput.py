@@ -84,3 +84,51 @@ def test_op_counter_finds_the_host_syncs_on_pixel_data_only():
     assert summary["ops"] - summary["non_view_ops"] == 1
     # on the images: float, mul, mean, item, gt, index, nonzero (the view is no kernel)
     assert summary["pixel_ops"] == 7
+
+
+def test_autoaugment_strength_measures_every_implementation(tiny_data):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import autoaugment_strength as strength
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    result = strength.main(["--data", str(tiny_data), "--images", "6", "--seeds", "2"])
+    assert result["images"] == 6 and len(result["rows"]) == 8
+    for row in result["rows"].values():
+        assert len(row["values"]) == 2 and all(0 <= v <= 255 for v in row["values"])
+        assert row["mean"] == sum(row["values"]) / 2
+
+
+def test_the_authors_policy_semantics_are_the_described_ones():
+    """The reference semantics of autoaugment_strength.py: Rotate always by +magnitude, translate
+    by a fractional number of pixels unless truncated; the other ops as PIL makes them."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from autoaugment_strength import AuthorsPolicy
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    ramp = Image.fromarray(np.tile(np.arange(1, 256, 8, dtype=np.uint8), (32, 1))[..., None].repeat(3, 2))
+    policy, signed = AuthorsPolicy(), AuthorsPolicy(signed_rotate=True)
+    turns = set()
+    for seed in range(16):
+        random.seed(seed)
+        turns.add(np.asarray(policy.apply(ramp, "Rotate", 20.0)).tobytes())
+    assert len(turns) == 1  # never the other way
+    turns = set()
+    for seed in range(16):
+        random.seed(seed)
+        turns.add(np.asarray(signed.apply(ramp, "Rotate", 20.0)).tobytes())
+    assert len(turns) == 2
+    random.seed(0)
+    fractional = np.asarray(policy.apply(ramp, "TranslateX", 14.5 / 32))
+    random.seed(0)
+    whole = np.asarray(AuthorsPolicy(truncate_translate=True).apply(ramp, "TranslateX", 14.5 / 32))
+    assert not np.array_equal(fractional, whole)
+    # the grey fill covers the uncovered columns: 14 of them after a whole-pixel shift
+    grey = (whole == 128).all(axis=(0, 2))
+    assert grey.sum() == 14

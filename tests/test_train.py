@@ -40,6 +40,7 @@ def test_each_method_trains_evaluates_and_resumes(cli, tiny_data, tmp_path, meth
     rows = _metrics(run)
     assert [r["epoch"] for r in rows] == [1]
     assert rows[0]["steps"] == 2
+    assert rows[0]["eval_seconds"] > 0  # the evaluation's wall time, beside the training's
     correct = rows[0]["test_top1"] * 500  # a count of the 500 test images (and eval's, below)
     assert correct == pytest.approx(round(correct), abs=1e-9)
     saved = json.loads((run / "config.json").read_text())

@@ -32,7 +32,7 @@ from concutmix_cli.engine.checkpoint import RunFolder, read_state, read_weights,
 from concutmix_cli.fileio import atomic_write_bytes
 from concutmix_cli.errors import UserError
 
-WALL_CLOCK = {"seconds", "samples_per_s"}
+WALL_CLOCK = {"seconds", "samples_per_s", "eval_seconds"}
 EPOCHS = 3
 TRAIN_ARGS = [
     "--preset", "smoke", "--epochs", str(EPOCHS), "--batch-size", "8", "--deterministic",

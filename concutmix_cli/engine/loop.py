@@ -320,8 +320,9 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.optim.epochs):
                 row = self.train_epoch(epoch)
                 self.partial = {}
+                started = time.perf_counter()
                 test, val = self.evaluate("test"), self.evaluate("val")
-                row = {"epoch": epoch + 1, **row}
+                row = {"epoch": epoch + 1, **row, "eval_seconds": time.perf_counter() - started}
                 for prefix, report in (("test", test), ("val", val)):
                     if report is not None:
                         row.update(_report_columns(prefix, report))
