@@ -33,7 +33,7 @@ fi
   --platform manylinux2014_x86_64 --only-binary=:all: --no-index --no-deps .whl/*.whl
 carried=$( { git ls-files -z -co --exclude-standard | xargs -0 stat -c %s; find .devdata .whl -type f -exec stat -c %s {} +; } \
   | awk '{s += $1} END {print s}')
-echo "carried: $((carried / 1024 / 1024)) MiB of 64 ($(ls .whl | wc -l) wheels, .devdata/$NAME.tar.xz)"
+echo "carried: $(awk -v b="$carried" 'BEGIN {printf "%.1f", b / 1048576}') MiB of 64 ($(ls .whl | wc -l) wheels, .devdata/$NAME.tar.xz)"
 if [ "$carried" -gt "$LIMIT" ]; then
   echo "error: over the device call's 64 MiB" >&2; exit 1
 fi

@@ -175,8 +175,9 @@ def solo(work: Path) -> dict[str, Any] | None:
     train = statistics.median(r["seconds"] for r in timed)
     evaluation = statistics.median(r.get("eval_seconds") or 0.0 for r in timed)
     config = read_json(work / "solo" / "config.json") or {}
+    samples = statistics.median(r["seconds"] * r["samples_per_s"] for r in timed)
     return {"epochs": len(rows), "step": (config.get("runtime") or {}).get("step"),
-            "train_s_per_epoch": train, "eval_s_per_epoch": evaluation,
+            "samples_per_epoch": samples, "train_s_per_epoch": train, "eval_s_per_epoch": evaluation,
             "s_per_epoch": train + evaluation, "seconds_200_epochs": 200 * (train + evaluation),
             "seconds_200_epochs_training_only": 200 * train,
             "first_epoch_s": rows[0]["seconds"] + (rows[0].get("eval_seconds") or 0.0)}
@@ -203,8 +204,7 @@ def plan(work: Path, rows: list[str], left: float, data_root: Path, runs_out: Pa
         n = min(len(todo), MAX_UNFINISHED)
         return {**result, "parallel": n, "rows": [r for r, _ in todo[:n]],
                 "why": "no measured epoch time: at most two rows, as if none could finish"}
-    samples = alone["train_s_per_epoch"] * speed["samples_per_s"]  # an epoch's samples, measured
-    gpu = samples / speed["ceiling_samples_per_s"] + alone["eval_s_per_epoch"]
+    gpu = alone["samples_per_epoch"] / speed["ceiling_samples_per_s"] + alone["eval_s_per_epoch"]
     cap = max(1, min(MAX_AT_ONCE, len(todo), cpus // 2))
     start = 30.0  # a trainer's start (imports, data, CUDA)
     chosen, predicted = 0, None

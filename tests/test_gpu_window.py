@@ -78,8 +78,9 @@ def test_without_measurements_the_step_stays_eager(tmp_path):
 
 def write_solo(work: Path, train_s: float, eval_s: float, epochs: int = 4) -> None:
     (work / "solo").mkdir(parents=True, exist_ok=True)
-    rows = [{"epoch": 1, "seconds": 9.0, "eval_seconds": 2.0}]  # the warm-up epoch: left out
-    rows += [{"epoch": e, "seconds": train_s, "eval_seconds": eval_s} for e in range(2, epochs + 1)]
+    rows = [{"epoch": 1, "seconds": 9.0, "eval_seconds": 2.0, "samples_per_s": 1.0}]  # warm-up: left out
+    rows += [{"epoch": e, "seconds": train_s, "eval_seconds": eval_s, "samples_per_s": 8000 / train_s}
+             for e in range(2, epochs + 1)]  # 8,000 samples an epoch
     (work / "solo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (work / "solo" / "config.json").write_text(json.dumps({"runtime": {"step": "eager"}}))
 
@@ -99,7 +100,7 @@ def test_the_plan_takes_the_most_rows_that_all_finish(tmp_path, left):
     write_solo(tmp_path, train_s=1.0, eval_s=0.25)
     rows = ["r01", "r03", "r04", "r08", "r09"]
     decided = window.plan(tmp_path, rows, left, tmp_path / "data", tmp_path / "runs", False, cpus=16)
-    gpu = 1.0 * 8000 / 24000 + 0.25
+    gpu = 8000 / 24000 + 0.25  # the epoch's samples at the ceiling's rate, and the evaluation
     n = expected_parallel(1.25, gpu, left, len(rows), cap=6)
     assert n >= 1
     assert decided["parallel"] == n and decided["rows"] == rows[:n]
