@@ -53,14 +53,14 @@ keep() {  # the record and window.tgz into $OUT, after every stage
 }
 throughput() {  # throughput NAME extra args...: benchmarks/throughput.py, one JSON line
   local name=$1; shift
-  timeout 75 $PY benchmarks/throughput.py --data "$DATA" --method concutmix --augment-on device \
+  timeout 45 $PY benchmarks/throughput.py --data "$DATA" --method concutmix --augment-on device \
     "${SMALL[@]}" "$@" --json 2>"$WORK/throughput-$name.err" | tail -1 > "$WORK/throughput-$name.json"
   echo "   $name: $(cut -c1-160 "$WORK/throughput-$name.json") $(tail -1 "$WORK/throughput-$name.err" | cut -c1-200)"
 }
 
 stage_modes() {  # do eager, sync_free and graphed train the same model, and how fast is each?
   fits 60 modes || return 0
-  timeout 100 $PY benchmarks/step_equality.py --data "$DATA" --steps "${EQ_STEPS:-24}" \
+  timeout 75 $PY benchmarks/step_equality.py --data "$DATA" --steps "${EQ_STEPS:-24}" \
     "${EQ_SMALL[@]}" --json 2>"$WORK/step-equality.err" | tail -1 > "$WORK/step-equality.json"
   echo "   equality: $(cat "$WORK/step-equality.json") $(tail -1 "$WORK/step-equality.err" | cut -c1-200)"
   for mode in eager sync_free graphed; do

@@ -331,6 +331,18 @@ class RunFolder:
         """The checkpoints, oldest first. A damaged index raises (strict) or reads as empty."""
         return list(self._read_index_body(strict).get("checkpoints", []))
 
+    def newest_only_index(self) -> tuple[str, list[str]] | None:
+        """The index text of a copy that keeps only the newest checkpoint, and that checkpoint's
+        files (relative to the run): what a copy needs to resume, as `save_checkpoint` would have
+        left it with no older checkpoint. None when the index is missing, damaged or empty."""
+        body = self._read_index_body(strict=False)
+        entries = body.get("checkpoints") or []
+        if not entries:
+            return None
+        newest = entries[-1]
+        text = json_text({"checkpoints": [newest], "files": body.get("files", {})}, indent=1)
+        return text, [newest["weights"], newest["state"]]
+
     def read_recorded_files(self) -> dict[str, str]:
         """sha256 of last.safetensors and best.safetensors as recorded with the newest checkpoint."""
         return dict(self._read_index_body(strict=True).get("files", {}))
