@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGENET_LT_TRAIN = 115_846
@@ -52,23 +53,15 @@ def class_counts(classes: int, images: int, imbalance: float) -> list[int]:
 
 
 def photo_like(seed: int, width: int, height: int) -> np.ndarray:
-    """A height x width x 3 uint8 image: a smooth colour field (a 6x8 grid upsampled) plus fine
-    noise, whose JPEG is about the size of a photo's."""
+    """A height x width x 3 uint8 image: a smooth colour field (a 6x8 grid resized bilinearly)
+    plus fine noise, whose JPEG is about the size of a photo's."""
     rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (6, 8, 3))
-    ys = np.linspace(0, 5, height)[:, None]
-    xs = np.linspace(0, 7, width)[None, :]
-    y0, x0 = np.floor(ys).astype(int).clip(0, 4), np.floor(xs).astype(int).clip(0, 6)
-    fy, fx = (ys - y0)[..., None], (xs - x0)[..., None]
-    field = ((coarse[y0, x0] * (1 - fx) + coarse[y0, x0 + 1] * fx) * (1 - fy)
-             + (coarse[y0 + 1, x0] * (1 - fx) + coarse[y0 + 1, x0 + 1] * fx) * fy)
-    noise = rng.normal(0, 18, (height, width, 3))
-    return np.clip(field + noise, 0, 255).astype(np.uint8)
+    grid = Image.fromarray(rng.uniform(0, 255, (6, 8, 3)).astype(np.uint8))
+    field = np.asarray(grid.resize((width, height), Image.BILINEAR), dtype=np.float64)
+    return np.clip(field + rng.normal(0, 18, (height, width, 3)), 0, 255).astype(np.uint8)
 
 
 def _write(job: tuple[str, int, int, int, int]) -> int:
-    from PIL import Image
-
     path, seed, width, height, quality = job
     Image.fromarray(photo_like(seed, width, height)).save(path, "JPEG", quality=quality)
     return os.path.getsize(path)

@@ -301,11 +301,12 @@ def as_json(s: RunSummary | None) -> dict[str, Any] | None:
     return out
 
 
-def replace_between_markers(doc: str, table: str) -> str:
-    """`doc` with the text between the BEGIN and END markers replaced by `table`; the markers and
-    everything outside them are kept byte for byte."""
-    start, end = doc.find(BEGIN), doc.find(END)
-    if start < 0 or end < 0 or end < start or doc.count(BEGIN) != 1 or doc.count(END) != 1:
-        raise ValueError(f"needs exactly one '{BEGIN}' line followed by one '{END}' line")
-    head = doc[: start + len(BEGIN)]
+def replace_between_markers(doc: str, table: str, begin: str = BEGIN,
+                            end_marker: str = END) -> str:
+    """`doc` with the text between the `begin` and `end_marker` lines (the reproduction table's by
+    default) replaced by `table`; the markers and everything outside them are kept byte for byte."""
+    start, end = doc.find(begin), doc.find(end_marker)
+    if start < 0 or end < 0 or end < start or doc.count(begin) != 1 or doc.count(end_marker) != 1:
+        raise ValueError(f"needs exactly one '{begin}' line followed by one '{end_marker}' line")
+    head = doc[: start + len(begin)]
     return f"{head}\n{table.strip()}\n{doc[end:]}"

@@ -496,7 +496,7 @@ def archive_runs(plan: list[Planned], dest: Path, say: Callable[[str], None]) ->
         finished = len(table.metrics_rows(p.folder)) >= p.epochs
         newest = None if finished else RunFolder(p.folder).newest_only_index()
         needed = {f"{p.run.id}/{rel}" for rel in newest[1]} if newest else set()
-        twin = None if finished else _weights_twin(p.folder)
+        twin = None if finished else _weights_twin(p.folder, newest[1][0] if newest else None)
 
         def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
             parts = Path(info.name).parts
@@ -527,14 +527,14 @@ def archive_runs(plan: list[Planned], dest: Path, say: Callable[[str], None]) ->
     say(f"run archives written to {dest}")
 
 
-def _weights_twin(folder: Path) -> str | None:
-    """The newest checkpoint weights file (relative to `folder`) that holds the same bytes as
-    last.safetensors; tar adds checkpoints/ before last.safetensors (it adds names sorted)."""
+def _weights_twin(folder: Path, newest: str | None = None) -> str | None:
+    """The checkpoint weights file (relative to `folder`) that holds the same bytes as
+    last.safetensors: `newest` (the index's newest weights) if given, else any checkpoint's; tar
+    adds checkpoints/ before last.safetensors (it adds names sorted)."""
     last = folder / "last.safetensors"
     if not last.is_file():
         return None
-    newest = RunFolder(folder).newest_only_index()
-    candidates = [folder / newest[1][0]] if newest else sorted(
+    candidates = [folder / newest] if newest else sorted(
         (folder / "checkpoints").glob("*.safetensors"), reverse=True)
     for weights in candidates:
         if weights.is_file() and filecmp.cmp(weights, last, shallow=False):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,19 @@ CIFAR100_NPZ = SHARED / "data" / "cifar100.npz"
 FAST_CLI = ["--batch-size", "16", "--device", "cpu", "--set", "runtime.max_steps_per_epoch=1",
             "--set", "data.num_workers=0"]
 """`train` options for a run of one step an epoch on the CPU (the tests need the files)."""
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, loaded once (registered in sys.modules, where dataclasses
+    look their module up and where the scripts find each other: reproduce.py imports
+    repro_table.py from beside it)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_synthetic(folder: Path, **kwargs) -> Path:

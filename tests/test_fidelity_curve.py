@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity_curve.py"
-spec = importlib.util.spec_from_file_location("fidelity_curve", SCRIPT)
-fidelity_curve = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fidelity_curve)
+from tests.conftest import load_benchmark
+
+fidelity_curve = load_benchmark("fidelity_curve")
 
 
 def test_a_missing_best_line_carries_the_running_best_forward(tmp_path):

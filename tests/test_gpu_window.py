@@ -4,7 +4,6 @@ No GPU needed: the decisions are pure functions of the files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,21 +11,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import load_benchmark, one_error_line
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-window = _load("gpu_window")
-scale = _load("imagenet_scale")
+window = load_benchmark("gpu_window")
+scale = load_benchmark("imagenet_scale")
 
 
 def write_modes(work: Path, speeds: dict[str, float], diffs: dict[str, float], noise: float = 0.0,
@@ -108,6 +99,14 @@ def test_the_plan_takes_the_most_rows_that_all_finish(tmp_path, left):
     assert decided["gpu_s_per_epoch"] == pytest.approx(gpu)
 
 
+def test_an_unknown_row_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        window.main(["plan", str(tmp_path), "--rows", "r01,r99", "--left", "100"])
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, "--only: unknown run r99")
+    assert not (tmp_path / "plan.json").exists()
+
+
 def test_when_no_row_can_finish_at_most_two_start(tmp_path):
     write_modes(tmp_path, {"eager": 8000}, {})
     write_solo(tmp_path, train_s=1.0, eval_s=0.25)
@@ -122,7 +121,7 @@ def test_when_no_row_can_finish_at_most_two_start(tmp_path):
     assert decided["parallel"] == 1
 
 
-def test_the_record_summary_and_document_section(tmp_path):
+def test_the_record_summary_and_document_section(tmp_path, capsys):
     work = tmp_path / "work"
     write_modes(work, {"eager": 1000, "sync_free": 1100}, {"sync_free": 0.0})
     write_solo(work, train_s=1.5, eval_s=0.5)
@@ -153,22 +152,22 @@ def test_the_record_summary_and_document_section(tmp_path):
     window.write_doc(results, doc)
     assert doc.read_text() == f"# head\n\n{window.BEGIN}\n{text}{window.END}\n\ntail\n"
     doc.write_text("no markers\n")
-    with pytest.raises(SystemExit, match="no single pair of gpu-results markers"):
+    with pytest.raises(SystemExit) as stop:
         window.write_doc(results, doc)
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, "no single pair of gpu-results markers")
     assert doc.read_text() == "no markers\n"
 
 
-def test_the_documents_gpu_section_is_the_generated_one():
-    """docs/benchmarks.md holds the section gpu_window.py writes from benchmarks/results."""
+def test_the_documents_gpu_section_is_the_generated_one(tmp_path):
+    """docs/benchmarks.md holds, byte for byte, what `gpu_window.py doc` writes from
+    benchmarks/results (so no hand edit and no record left out)."""
     doc = BENCH.parent / "docs" / "benchmarks.md"
-    text = doc.read_text()
-    inside = text.split(window.BEGIN)[1].split(window.END)[0]
-    records = sorted((json.loads(p.read_text()) for p in (BENCH / "results").glob("*.json")),
-                     key=lambda r: r.get("date", ""), reverse=True) if (BENCH / "results").is_dir() else []
-    if records:
-        assert inside == "\n" + "\n".join(window.summary(r) for r in records)
-    else:
-        assert "No GPU window has run the current code yet" in inside
+    copy = tmp_path / "benchmarks.md"
+    copy.write_bytes(doc.read_bytes())
+    window.write_doc(BENCH / "results", copy)
+    assert copy.read_bytes() == doc.read_bytes()
+    assert window.BEGIN in copy.read_text()
 
 
 # ----------------------------------------------------------------------------- ImageNet scale
@@ -224,7 +223,7 @@ def test_the_pageable_staging_switch_reaches_every_module_that_stages(monkeypatc
     original = shipping.stage
     monkeypatch.setattr(shipping, "stage", original)  # restored after the test
     monkeypatch.setattr(loader, "stage", loader.stage)
-    throughput = _load("throughput")
+    throughput = load_benchmark("throughput")
     throughput.use_pageable_staging()
     holders = [name for name, module in list(sys.modules.items())
                if name.startswith("concutmix_cli") and getattr(module, "stage", None) is original]
@@ -242,7 +241,7 @@ def test_the_weights_twin_is_found_only_for_identical_bytes(tmp_path):
     (run / "checkpoints" / "epoch-0001.state.pt").write_bytes(b"state")
     (run / "last.safetensors").write_bytes(weights)
     (run / "config.json").write_text("{}")
-    reproduce = _load("reproduce")
+    reproduce = load_benchmark("reproduce")
     assert reproduce._weights_twin(run) == "checkpoints/epoch-0001.safetensors"
     (run / "last.safetensors").write_bytes(weights[:-1] + b"x")
     assert reproduce._weights_twin(run) is None

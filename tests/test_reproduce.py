@@ -3,7 +3,6 @@ table from the run folders), in the script's --tiny mode on synthetic data on th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,22 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import one_error_line, tree
+from tests.conftest import load_benchmark, one_error_line, tree
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = _load("reproduce")
-table = sys.modules["repro_table"]  # imported by reproduce.py from beside it
-fidelity_curve = _load("fidelity_curve")
+reproduce = load_benchmark("reproduce")
+table = load_benchmark("repro_table")  # the one reproduce.py imported from beside it
+fidelity_curve = load_benchmark("fidelity_curve")
 LOCK = reproduce.LOCK_NAME
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")

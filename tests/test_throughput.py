@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -59,11 +61,7 @@ def test_views_overhead_compares_epoch_views_with_per_step_views(tiny_data):
 
 
 def test_op_counter_finds_the_host_syncs_on_pixel_data_only():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from views_overhead import CountOps
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    CountOps = load_benchmark("views_overhead").CountOps
     import torch
 
     images = torch.arange(48, dtype=torch.uint8).view(1, 3, 4, 4)
@@ -87,11 +85,7 @@ def test_op_counter_finds_the_host_syncs_on_pixel_data_only():
 
 
 def test_autoaugment_strength_measures_every_implementation(tiny_data):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import autoaugment_strength as strength
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    strength = load_benchmark("autoaugment_strength")
     result = strength.main(["--data", str(tiny_data), "--images", "6", "--seeds", "2"])
     assert result["images"] == 6 and len(result["rows"]) == 8
     for row in result["rows"].values():
@@ -107,11 +101,7 @@ def test_the_authors_policy_semantics_are_the_described_ones():
     import numpy as np
     from PIL import Image
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from autoaugment_strength import AuthorsPolicy
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    AuthorsPolicy = load_benchmark("autoaugment_strength").AuthorsPolicy
     ramp = Image.fromarray(np.tile(np.arange(1, 256, 8, dtype=np.uint8), (32, 1))[..., None].repeat(3, 2))
     policy, signed = AuthorsPolicy(), AuthorsPolicy(signed_rotate=True)
     turns = set()

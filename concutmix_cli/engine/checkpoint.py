@@ -212,6 +212,12 @@ def read_state(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the run folder
 
 
+def _index_text(entries: list[dict[str, Any]], files: dict[str, str]) -> str:
+    """checkpoints.json's text: the checkpoints (oldest first) and the recorded sha256 of
+    last.safetensors / best.safetensors."""
+    return json_text({"checkpoints": entries, "files": files}, indent=1)
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -340,8 +346,7 @@ class RunFolder:
         if not entries:
             return None
         newest = entries[-1]
-        text = json_text({"checkpoints": [newest], "files": body.get("files", {})}, indent=1)
-        return text, [newest["weights"], newest["state"]]
+        return _index_text([newest], body.get("files", {})), [newest["weights"], newest["state"]]
 
     def read_recorded_files(self) -> dict[str, str]:
         """sha256 of last.safetensors and best.safetensors as recorded with the newest checkpoint."""
@@ -402,8 +407,7 @@ class RunFolder:
         return entry
 
     def _write_index(self, entries: list[dict[str, Any]], files: dict[str, str]) -> None:
-        atomic_write_text(self.index_path,
-                          json_text({"checkpoints": entries, "files": files}, indent=1))
+        atomic_write_text(self.index_path, _index_text(entries, files))
 
     def recover_index(self) -> list[str]:
         """Rebuild a missing checkpoints.json from the checkpoints' own integrity records.
