@@ -193,6 +193,16 @@ def solo(work: Path) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- concurrency
 
 
+def ceiling_measured(work: Path, step: str) -> dict[str, Any] | None:
+    """The throughput measured in `step` (its model-only ceiling sizes a run's GPU work): the
+    modes stage's (window 1), else the options stage's base (window 2 measures no modes, only
+    the given mode beside the options), else eager's."""
+    base = read_json(work / "throughput-options-base.json")
+    return (read_json(work / f"throughput-{step}.json")
+            or (base if base and base.get("step") == step else None)
+            or read_json(work / "throughput-eager.json"))
+
+
 def plan(work: Path, rows: list[str], left: float, data_root: Path, runs_out: Path, tiny: bool,
          cpus: int) -> dict[str, Any]:
     """How many of `rows` (in the plan's order, as reproduce.py runs them) to train at once in
@@ -203,7 +213,7 @@ def plan(work: Path, rows: list[str], left: float, data_root: Path, runs_out: Pa
     todo = [(p.run.id, p.epochs - p.done) for p in states if p.state != "finished"]
     alone = solo(work)
     step = step_used(work)[0]
-    speed = read_json(work / f"throughput-{step}.json") or read_json(work / "throughput-eager.json")
+    speed = ceiling_measured(work, step)
     result: dict[str, Any] = {"left_s": left, "rows_asked": rows, "todo": dict(todo)}
     if not todo:
         return {**result, "parallel": 1, "rows": [], "why": "every asked row is finished"}

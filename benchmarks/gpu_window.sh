@@ -160,7 +160,7 @@ if ! $PY -c "import concutmix_cli.cli, concutmix_cli.engine.train" 2>"$WORK/impo
   keep; exit 1  # seconds, not a window, spent on a missing package or API
 fi
 STEP=${STEP:-eager}
-how=$([ -n "$STEP_GIVEN" ] && echo "given (STEP)" || echo "default (the modes were not measured)")
+how=$([ -n "$STEP_GIVEN" ] && echo "given as STEP" || echo "default (the modes were not measured)")
 echo "{\"step\": \"$STEP\", \"how\": \"$how\"}" > "$WORK/step.json"
 for stage in $STAGES; do
   echo "== $stage ($(left) s left)" | tee -a "$WORK/stages.txt"

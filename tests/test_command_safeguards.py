@@ -273,6 +273,8 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_a_dead_holder_is_ta
     finally:
         if holder.poll() is None:
             holder.kill()
+        holder.stdin.close()
+        holder.stdout.close()
     code, out, err = cli("train", "--resume", run, "--epochs", "1")
     assert code == 0, err
     assert f"took over the lock of process {holder.pid}" in out

@@ -99,6 +99,27 @@ def test_the_plan_takes_the_most_rows_that_all_finish(tmp_path, left):
     assert decided["gpu_s_per_epoch"] == pytest.approx(gpu)
 
 
+def test_window_2_plans_from_the_options_base_measured_in_the_given_mode(tmp_path):
+    """Window 2 measures no modes: its only throughput in the runs' mode is the options stage's
+    base. The plan must size the runs from it, not fall back to "no measured epoch time"
+    (found by rehearsing window 2 under the device's Python and torch)."""
+    write_solo(tmp_path, train_s=1.0, eval_s=0.25)
+    (tmp_path / "step.json").write_text(json.dumps({"step": "sync_free", "how": "given as STEP"}))
+    base = {"step": "sync_free", "samples_per_s": 8000.0, "ceiling_samples_per_s": 24000.0}
+    (tmp_path / "throughput-options-base.json").write_text(json.dumps(base))
+    rows = ["r03", "r04", "r08", "r09", "r10", "r11"]
+    decided = window.plan(tmp_path, rows, 2000.0, tmp_path / "data", tmp_path / "runs", False, cpus=16)
+    gpu = 8000 / 24000 + 0.25
+    assert decided["gpu_s_per_epoch"] == pytest.approx(gpu)
+    n = expected_parallel(1.25, gpu, 2000.0, len(rows), cap=6)
+    assert n > window.MAX_UNFINISHED  # the fallback would have started two
+    assert decided["parallel"] == n and decided["rows"] == rows[:n]
+    # a base measured in another mode does not size these runs
+    (tmp_path / "throughput-options-base.json").write_text(json.dumps({**base, "step": "graphed"}))
+    decided = window.plan(tmp_path, rows, 2000.0, tmp_path / "data", tmp_path / "runs", False, cpus=16)
+    assert decided["parallel"] == window.MAX_UNFINISHED and "no measured epoch time" in decided["why"]
+
+
 def test_an_unknown_row_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         window.main(["plan", str(tmp_path), "--rows", "r01,r99", "--left", "100"])

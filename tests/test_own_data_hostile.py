@@ -381,8 +381,11 @@ def deep(tmp_path) -> Path:
     Image.fromarray(g).save(root / "cat" / "a.png")
     Image.fromarray(65535 - g).save(root / "cat" / "b.tif")
     Image.fromarray(g.astype(np.int32)).save(root / "cat" / "c.tif")
-    assert [Image.open(root / "cat" / n).mode for n in ("a.png", "b.tif", "c.tif")] == [
-        "I;16", "I;16", "I"]
+    modes = []
+    for name in ("a.png", "b.tif", "c.tif"):
+        with Image.open(root / "cat" / name) as image:
+            modes.append(image.mode)
+    assert modes == ["I;16", "I;16", "I"]
     return root
 
 
