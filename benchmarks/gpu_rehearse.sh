@@ -15,9 +15,11 @@
 #    in REHEARSAL/out-first or REHEARSAL/out-second (the device tool's files_at). `suite` runs
 #    pytest there instead, with pydantic and the package installed in VENV (the windows then take
 #    them out again), to find an API newer than the card's torch in any code the suite reaches.
-# Environment: VENV (default /tmp/concutmix-device-venv), REHEARSAL (default /tmp/concutmix-rehearsal),
-# PYTHON312 (the interpreter to make VENV from); STAGES, ROWS, STEP, BUDGET pass to gpu_window.sh
-# (`second` defaults to STEP=sync_free ROWS=r01,r10: a given mode, one restored row, one new row).
+# Environment: DEVICE_VENV (default /tmp/concutmix-device-venv), REHEARSAL_DIR (default
+# /tmp/concutmix-rehearsal), PYTHON312 (the interpreter to make the venv from); STAGES, ROWS, STEP,
+# BUDGET pass to gpu_window.sh (`second` defaults to STEP=sync_free ROWS=r01,r10: a given mode, one
+# restored row, one new row). Both folders are this script's own (a marker file says so): a folder
+# of those names that is not is refused, never emptied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WINDOW=${1:-}
@@ -25,8 +27,14 @@ case "$WINDOW" in
   first|second|suite) ;;
   *) echo "usage: bash benchmarks/gpu_rehearse.sh first|second|suite" >&2; exit 2 ;;
 esac
-VENV=${VENV:-/tmp/concutmix-device-venv}
-REHEARSAL=${REHEARSAL:-/tmp/concutmix-rehearsal}
+VENV=${DEVICE_VENV:-/tmp/concutmix-device-venv}
+REHEARSAL=${REHEARSAL_DIR:-/tmp/concutmix-rehearsal}
+for dir in "$VENV" "$REHEARSAL"; do  # ours (marked), or absent, or empty: nothing else is removed
+  if [ -e "$dir" ] && [ ! -e "$dir/.concutmix-rehearsal" ] && [ -n "$(ls -A "$dir" 2>/dev/null || echo x)" ]; then
+    echo "error: $dir is not a folder this script made (no .concutmix-rehearsal in it): give another" >&2
+    exit 2
+  fi
+done
 [ -f .devdata/cifar100-lt-if100-seed10.tar.xz ] && [ -d .whl ] || {
   echo "error: .devdata or .whl missing: run bash benchmarks/gpu_prepare.sh first" >&2; exit 2; }
 if [ "$WINDOW" = second ] && ! ls "$REHEARSAL"/out-first/*.tgz >/dev/null 2>&1; then
@@ -37,13 +45,14 @@ fi
 PACKAGES="torch==2.11.0 torchvision==0.26.0 numpy==2.5.2 safetensors==0.8.0 rich typer matplotlib
 tensorboard onnx onnxscript onnxruntime pytest hypothesis"
 if [ "$(cat "$VENV/.packages" 2>/dev/null)" != "$PACKAGES" ]; then
-  rm -rf "$VENV"  # made again whole: the marker .packages is written last, on success
+  rm -rf "$VENV"  # made again whole: .packages is written last, on success
   if [ -z "${PYTHON312:-}" ]; then  # on PATH, else pyenv's (its shim answers only where selected)
     if python3.12 -V >/dev/null 2>&1; then PYTHON312=python3.12
     else PYTHON312=$(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1); fi
   fi
   [ -n "$PYTHON312" ] || { echo "error: no CPython 3.12 here (set PYTHON312)" >&2; exit 2; }
   "$PYTHON312" -m venv "$VENV"  # in place: a venv's scripts name its path, it cannot move
+  touch "$VENV/.concutmix-rehearsal"
   # shellcheck disable=SC2086
   "$VENV/bin/python3" -m pip install -q $PACKAGES 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python3" -c "import torch, torchvision, numpy, typer" && echo "$PACKAGES" > "$VENV/.packages"
@@ -52,6 +61,7 @@ fi
 
 TREE=$REHEARSAL/tree-$WINDOW
 OUT=$REHEARSAL/out-$WINDOW
+mkdir -p "$REHEARSAL" && touch "$REHEARSAL/.concutmix-rehearsal"
 rm -rf "$TREE" "$OUT" && mkdir -p "$TREE" "$OUT"
 git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t "$TREE"
 cp -r .devdata .whl "$TREE/"
