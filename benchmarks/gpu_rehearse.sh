@@ -37,8 +37,8 @@ for dir in "$VENV" "$REHEARSAL"; do  # ours (marked), or absent, or empty: nothi
 done
 [ -f .devdata/cifar100-lt-if100-seed10.tar.xz ] && [ -d .whl ] || {
   echo "error: .devdata or .whl missing: run bash benchmarks/gpu_prepare.sh first" >&2; exit 2; }
-if [ "$WINDOW" = second ] && ! ls "$REHEARSAL"/out-first/*.tgz >/dev/null 2>&1; then
-  echo "error: no archives in $REHEARSAL/out-first: rehearse window 1 first" >&2; exit 2
+if [ "$WINDOW" = second ] && ! ls "$REHEARSAL"/out-first/r*.tgz >/dev/null 2>&1; then
+  echo "error: no run archives (r*.tgz) in $REHEARSAL/out-first: rehearse window 1 first" >&2; exit 2
 fi
 
 # The image's versions where KINDS.md gives them (torch, torchvision, numpy, safetensors).
@@ -67,7 +67,7 @@ git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t "$TREE"
 cp -r .devdata .whl "$TREE/"
 [ -d ../shared ] && ln -sfn "$(cd ../shared && pwd)" "$REHEARSAL/shared"  # the real-data tests' ../shared
 if [ "$WINDOW" = second ]; then
-  mkdir "$TREE/.runs-in" && cp "$REHEARSAL"/out-first/*.tgz "$TREE/.runs-in/" && rm -f "$TREE/.runs-in/window.tgz"
+  mkdir "$TREE/.runs-in" && cp "$REHEARSAL"/out-first/r*.tgz "$TREE/.runs-in/"  # the runs' archives, not window.tgz
   export STEP=${STEP:-sync_free} ROWS=${ROWS:-r01,r10} RESTORE=.runs-in
 fi
 cd "$TREE"
