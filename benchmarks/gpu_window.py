@@ -335,9 +335,21 @@ def summary(record: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+RECORD_KEYS = ("date", "card", "device", "step", "step_how")
+"""What every record holds (`results` writes them all) and `summary` reads without a default."""
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A window's record (`results` writes it), or one error line and exit 2."""
+    record = read_json(path)
+    if record is None or not all(key in record for key in RECORD_KEYS):
+        refuse(f"{path} is not a GPU window's record (the JSON object that `results` writes)")
+    return record
+
+
 def write_doc(results_dir: Path, doc: Path) -> None:
     """Replace the marked section of `doc` with the summaries of every window, newest first."""
-    records = sorted((json.loads(p.read_text()) for p in results_dir.glob("*.json")),
+    records = sorted((read_record(p) for p in results_dir.glob("*.json")),
                      key=lambda r: r.get("date", ""), reverse=True) if results_dir.is_dir() else []
     body = "\n".join(summary(r) for r in records) if records else (
         "No GPU window has run the current code yet (docs/benchmarks.md, \"The GPU windows\").\n")
@@ -345,9 +357,19 @@ def write_doc(results_dir: Path, doc: Path) -> None:
 
     try:
         text = replace_between_markers(doc.read_text(), body, BEGIN, END)
+    except OSError as err:
+        refuse(f"cannot read {doc}: {err.strerror or err}")
     except ValueError:
         refuse(f"{doc} has no single pair of gpu-results markers")
     atomic_write_text(doc, text)
+
+
+def _seconds(text: str) -> float:
+    """--left: finite seconds, 0 or more; reproduce.py's check (loaded only by `plan`, which
+    needs reproduce.py anyway)."""
+    from reproduce import positive
+
+    return positive(float, allow_zero=True)(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     q = sub.add_parser("plan")
     q.add_argument("work", type=Path)
     q.add_argument("--rows", required=True)
-    q.add_argument("--left", type=float, required=True, help="seconds the runs may take")
+    q.add_argument("--left", type=_seconds, required=True, help="seconds the runs may take")
     q.add_argument("--data-root", type=Path, default=Path("data"))
     q.add_argument("--runs", type=Path, help="run folders [runs/reproduce; --tiny: runs/reproduce-tiny]")
     q.add_argument("--tiny", action="store_true")
@@ -369,6 +391,9 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--results", type=Path, default=HERE / "results")
     d.add_argument("--doc", type=Path, default=HERE.parent / "docs" / "benchmarks.md")
     args = p.parse_args(argv)
+    for folder in (getattr(args, "work", None), getattr(args, "into", None)):
+        if folder is not None and not folder.is_dir():
+            refuse(f"{folder} is not a folder (gpu_window.sh makes the window's folders first)")
     if args.command == "pick-step":
         mode, why = pick_step(args.work)
         print(why, file=sys.stderr)
@@ -391,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
         print(path)
     elif args.command == "summary":
-        print(summary(json.loads(args.record.read_text())))
+        print(summary(read_record(args.record)))
     else:
         write_doc(args.results, args.doc)
 

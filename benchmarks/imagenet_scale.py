@@ -89,6 +89,15 @@ def make_tree(root: Path, classes: int, images: int, imbalance: float, width: in
             "mean_file_kb": sum(sizes) / len(sizes) / 1024, "seconds_to_make": time.perf_counter() - started}
 
 
+def tree_folder(root: Path, classes: int, images: int, imbalance: float, width: int, height: int,
+                quality: int, test_per_class: int) -> Path:
+    """Where the tree of these settings is made under `root`, and found again: each set of
+    settings has its own folder, so that a tree made for other settings is never measured (and
+    reported) as this one."""
+    return root / (f"c{classes}-n{images}-if{imbalance:g}-{width}x{height}-q{quality}"
+                   f"-t{test_per_class}")
+
+
 def prepare(root: Path, out: Path) -> None:
     subprocess.run([sys.executable, "-m", "concutmix_cli", "prepare", "imagenet-lt", "--root", str(root),
                     "--train-list", str(root / "ImageNet_LT_train.txt"),
@@ -137,7 +146,8 @@ def summarize(rows: list[dict], made: dict) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("/tmp/imagenet-synthetic"),
-                   help="where the JPEG tree and the prepared folder are made (reused if there)")
+                   help="where the JPEG tree and the prepared folder are made, a folder per set of "
+                        "settings (reused for the same settings)")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--images", type=int, default=8000, help="training images in all (long-tailed)")
     p.add_argument("--imbalance", type=float, default=256.0, help="ImageNet-LT: 1280 down to 5")
@@ -158,8 +168,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
-    tree, data = args.root / "tree", args.root / "prepared"
-    made_path = args.root / "tree.json"
+    folder = tree_folder(args.root, args.classes, args.images, args.imbalance, width, height,
+                         args.quality, args.test_per_class)
+    tree, data, made_path = folder / "tree", folder / "prepared", folder / "tree.json"
     if made_path.is_file() and (data / "manifest.json").is_file():
         made = json.loads(made_path.read_text())
     else:

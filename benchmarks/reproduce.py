@@ -742,7 +742,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _positive(kind: type, allow_zero: bool = False):
+def positive(kind: type, allow_zero: bool = False):
+    """An argparse type: a finite number of `kind` above 0 (or 0 and above); gpu_window.py's too."""
     def parse(text: str):
         try:
             value = kind(text)
@@ -760,16 +761,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--out", type=Path, help="run folders [runs/reproduce, --tiny: runs/reproduce-tiny]")
     parser.add_argument("--data-root", type=Path, default=Path("data"), help="prepared data folders")
     parser.add_argument("--only", help="comma-separated run ids (r01,r03); kept in the plan's order")
-    parser.add_argument("--parallel", type=_positive(int), default=1,
+    parser.add_argument("--parallel", type=positive(int), default=1,
                         help="trainer processes at once on the one device")
     parser.add_argument("--step", choices=("auto", "eager", "sync_free", "graphed"),
                         help="runtime.step of the trainers in this call [each run's own]; a run "
                              "may be resumed in another mode")
-    parser.add_argument("--time-budget", type=_positive(float),
+    parser.add_argument("--time-budget", type=positive(float),
                         help="seconds this call may take; trainers are stopped cleanly before")
-    parser.add_argument("--stop-grace", type=_positive(float, True), default=30.0,
+    parser.add_argument("--stop-grace", type=positive(float, True), default=30.0,
                         help="seconds before the budget's end to stop the trainers [30]")
-    parser.add_argument("--min-start", type=_positive(float, True),
+    parser.add_argument("--min-start", type=positive(float, True),
                         help="start no run with less than this left [60; --tiny: 0]")
     parser.add_argument("--mps", choices=("auto", "on", "off"), default="auto",
                         help="CUDA MPS for --parallel > 1 where nvidia-cuda-mps-control exists")

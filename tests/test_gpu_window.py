@@ -128,6 +128,29 @@ def test_an_unknown_row_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "plan.json").exists()
 
 
+@pytest.mark.parametrize("left", ["nan", "-1", "inf", "soon"])
+def test_the_plans_seconds_are_a_finite_number_of_zero_or_more(tmp_path, capsys, left):
+    with pytest.raises(SystemExit) as stop:
+        window.main(["plan", str(tmp_path), "--rows", "r01", "--left", left])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --left: must be" in err and "Traceback" not in err
+    assert not (tmp_path / "plan.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["plan", "{missing}", "--rows", "r01", "--left", "100"],
+                                  ["results", "{missing}", "--into", "{here}"],
+                                  ["results", "{here}", "--into", "{missing}"],
+                                  ["pick-step", "{missing}"]])
+def test_a_missing_window_folder_is_one_line(tmp_path, capsys, argv):
+    missing = tmp_path / "missing"
+    with pytest.raises(SystemExit) as stop:
+        window.main([a.format(missing=missing, here=tmp_path) for a in argv])
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, f"{missing} is not a folder")
+    assert list(tmp_path.iterdir()) == []  # nothing written anywhere
+
+
 def test_when_no_row_can_finish_at_most_two_start(tmp_path):
     write_modes(tmp_path, {"eager": 8000}, {})
     write_solo(tmp_path, train_s=1.0, eval_s=0.25)
@@ -180,6 +203,36 @@ def test_the_record_summary_and_document_section(tmp_path, capsys):
     assert doc.read_text() == "no markers\n"
 
 
+@pytest.mark.parametrize("body", ["{", "[1]", '{"card": "NVIDIA H200"}', None])
+def test_a_file_that_is_no_record_is_one_line_and_the_document_is_kept(tmp_path, capsys, body):
+    record = tmp_path / "results" / "2026-12-05-nvidia-h200.json"
+    record.parent.mkdir()
+    if body is not None:  # None: the file is missing (only `summary` names one)
+        record.write_text(body)
+    with pytest.raises(SystemExit) as stop:
+        window.main(["summary", str(record)])
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, f"{record} is not a GPU window's record")
+    if body is None:
+        return
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# head\n\n{window.BEGIN}\nold\n{window.END}\n")
+    before = doc.read_bytes()
+    with pytest.raises(SystemExit) as stop:
+        window.main(["doc", "--results", str(record.parent), "--doc", str(doc)])
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, f"{record} is not a GPU window's record")
+    assert doc.read_bytes() == before
+
+
+def test_a_missing_document_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        window.main(["doc", "--results", str(tmp_path), "--doc", str(tmp_path / "doc.md")])
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, f"cannot read {tmp_path / 'doc.md'}")
+    assert not (tmp_path / "doc.md").exists()
+
+
 def test_the_documents_gpu_section_is_the_generated_one(tmp_path):
     """docs/benchmarks.md holds, byte for byte, what `gpu_window.py doc` writes from
     benchmarks/results (so no hand edit and no record left out)."""
@@ -217,6 +270,22 @@ def test_the_synthetic_tree_is_prepared_by_the_imagenet_lt_route(tmp_path, cli):
     assert code == 0, err
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     assert manifest["train_counts"] == scale.class_counts(3, 9, 4.0)
+
+
+def test_each_setting_of_the_tree_has_its_own_folder(tmp_path):
+    """A rerun with another size or profile must not measure (and report) the tree made for
+    other settings: every argument of make_tree that shapes the tree is part of its folder."""
+    import inspect
+
+    base = {"classes": 1000, "images": 8000, "imbalance": 256.0, "width": 500, "height": 375,
+            "quality": 90, "test_per_class": 1}
+    shaping = set(inspect.signature(scale.make_tree).parameters) - {"root", "workers"}
+    assert shaping == set(base)
+    folder = scale.tree_folder(tmp_path, **base)
+    assert folder.parent == tmp_path and scale.tree_folder(tmp_path, **base) == folder
+    for key, value in base.items():
+        other = {**base, key: value * 2 if key != "imbalance" else 100.0}
+        assert scale.tree_folder(tmp_path, **other) != folder, key
 
 
 def test_the_summary_names_the_saturating_worker_count_and_the_projection():
