@@ -36,7 +36,9 @@ from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from argtypes import Parser, positive  # noqa: E402 (beside this file)
 from torchvision import transforms as T  # noqa: E402
 
 from concutmix_cli.data.device.views import DeviceViews  # noqa: E402
@@ -113,13 +115,15 @@ def device_change(images: torch.Tensor, seed: int) -> float:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=REPO / "data" / "cifar100-lt-if100-seed10",
                    help="a prepared CIFAR folder (train.safetensors)")
-    p.add_argument("--images", type=int, default=4096)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--images", type=positive(int), default=4096, help="the first N training images")
+    p.add_argument("--seeds", type=positive(int), default=3)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if not (args.data / "train.safetensors").is_file():
+        p.error(f"--data {args.data}: no train.safetensors there (a folder `concutmix prepare` made)")
     from safetensors.torch import load_file
 
     images = load_file(str(args.data / "train.safetensors"))["images"][: args.images]

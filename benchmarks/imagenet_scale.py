@@ -38,6 +38,11 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from argtypes import Parser, between, counts, positive, run, size  # noqa: E402 (beside this file)
+from concutmix_cli.fileio import atomic_write_text  # noqa: E402
 IMAGENET_LT_TRAIN = 115_846
 """Training images of ImageNet-LT (Liu et al. 2019): the projection's epoch."""
 EPOCHS = 90
@@ -115,7 +120,10 @@ def measure(data: Path, workers: int, args) -> dict:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.step:
         cmd += ["--step", args.step]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:  # one slow count is a row, not the end of the others
+        return {"num_workers": workers, "failed": f"timed out after {args.timeout:g} s"}
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["?"])[-1]
         return {"num_workers": workers, "failed": f"exit {done.returncode}: {tail}"}
@@ -144,30 +152,41 @@ def summarize(rows: list[dict], made: dict) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("/tmp/imagenet-synthetic"),
                    help="where the JPEG tree and the prepared folder are made, a folder per set of "
                         "settings (reused for the same settings)")
-    p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--images", type=int, default=8000, help="training images in all (long-tailed)")
-    p.add_argument("--imbalance", type=float, default=256.0, help="ImageNet-LT: 1280 down to 5")
-    p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of each JPEG")
-    p.add_argument("--quality", type=int, default=90)
-    p.add_argument("--test-per-class", type=int, default=1)
-    p.add_argument("--workers", default="4,8,12,15", help="loader worker counts to measure")
-    p.add_argument("--batch-size", type=int, default=None, help="[the preset's: 256]")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per worker count")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--step", default=None, help="runtime.step [the preset's]")
+    p.add_argument("--classes", type=between(2, 100_000), default=1000)
+    p.add_argument("--images", type=positive(int), default=8000, help="training images in all (long-tailed)")
+    p.add_argument("--imbalance", type=positive(float), default=256.0,
+                   help="head over tail, 1 or more; ImageNet-LT: 1280 down to 5")
+    p.add_argument("--size", type=size, default=(500, 375), help="WIDTHxHEIGHT of each JPEG")
+    p.add_argument("--quality", type=between(1, 100), default=90)
+    p.add_argument("--test-per-class", type=positive(int), default=1)
+    p.add_argument("--workers", type=counts, default=[4, 8, 12, 15], help="loader worker counts to measure")
+    p.add_argument("--batch-size", type=positive(int), default=None, help="[the preset's: 256]")
+    p.add_argument("--steps", type=positive(int), default=8, help="timed steps per worker count")
+    p.add_argument("--warmup", type=positive(int, allow_zero=True), default=3)
+    p.add_argument("--step", default=None, choices=["auto", "eager", "sync_free", "graphed"],
+                   help="runtime.step [the preset's]")
     p.add_argument("--device", default="auto")
-    p.add_argument("--timeout", type=float, default=240, help="seconds per worker count")
-    p.add_argument("--json", type=Path, help="write the result here too")
-    return p.parse_args(argv)
+    p.add_argument("--timeout", type=positive(float), default=240, help="seconds per worker count")
+    p.add_argument("--json", type=Path, help="write the result here too (after each worker count)")
+    args = p.parse_args(argv)
+    if args.imbalance < 1:
+        p.error(f"argument --imbalance: must be 1 or more (got {args.imbalance:g})")
+    if args.images < args.classes:
+        p.error(f"--images {args.images} is fewer than --classes {args.classes}: each class needs one")
+    if args.root.exists() and not args.root.is_dir():
+        p.error(f"--root {args.root} is a file; give a folder")
+    if args.json is not None and (args.json.is_dir() or not args.json.parent.is_dir()):
+        p.error(f"--json {args.json}: give a file in an existing folder")
+    return args
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     folder = tree_folder(args.root, args.classes, args.images, args.imbalance, width, height,
                          args.quality, args.test_per_class)
     tree, data, made_path = folder / "tree", folder / "prepared", folder / "tree.json"
@@ -177,27 +196,27 @@ def main(argv=None) -> dict:
         made = make_tree(tree, args.classes, args.images, args.imbalance, width, height,
                          args.quality, args.test_per_class, os.cpu_count() or 1)
         prepare(tree, data)
-        made_path.write_text(json.dumps(made))
+        atomic_write_text(made_path, json.dumps(made))
     print(f"tree: {made['train_images']} training JPEGs of {width}x{height} in {made['classes']} "
           f"classes, {made['mean_file_kb']:.0f} KB each on average", file=sys.stderr)
     rows = []
-    for workers in (int(w) for w in args.workers.split(",")):
+    for workers in args.workers:
         row = measure(data, workers, args)
         rows.append(row)
         shown = row.get("failed") or (f"{row['samples_per_s']:.0f} samples/s (ceiling "
                                        f"{row['ceiling_samples_per_s']:.0f}, ratio {row['ratio']:.2f})")
         print(f"{workers:3d} workers: {shown}", file=sys.stderr, flush=True)
+        if args.json:  # what is measured so far survives a window's timeout cutting the rest off
+            atomic_write_text(args.json, json.dumps(summarize(rows, made), indent=1) + "\n")
     result = summarize(rows, made)
     if "best_samples_per_s" in result:
         print(f"best {result['best_samples_per_s']:.0f} samples/s with {result['best_workers']} workers "
               f"({result['saturating_workers']} within 5 %); ceiling {result['ceiling_samples_per_s']:.0f}; "
               f"90 epochs of ImageNet-LT: {result['hours_90_epochs']:.1f} h "
               f"({result['hours_90_epochs_at_ceiling']:.1f} h at the ceiling)", file=sys.stderr)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

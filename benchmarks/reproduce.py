@@ -45,6 +45,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 import repro_table as table  # noqa: E402  (beside this file)
+from argtypes import positive  # noqa: E402  (beside this file)
 from repro_table import Reference  # noqa: E402
 
 from concutmix_cli.config import build_config, read_by_method, upgrade_saved_config  # noqa: E402
@@ -740,20 +741,6 @@ def read_doc(doc: Path) -> str:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (not argparse's usage block)
         raise UserError(message)
-
-
-def positive(kind: type, allow_zero: bool = False):
-    """An argparse type: a finite number of `kind` above 0 (or 0 and above); gpu_window.py's too."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number (got {text!r})") from None
-        if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(
-                f"must be {'0 or more' if allow_zero else 'more than 0'} (got {text})")
-        return value
-    return parse
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:

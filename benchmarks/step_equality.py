@@ -26,7 +26,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from argtypes import Parser, positive, run  # noqa: E402 (beside this file)
 from concutmix_cli.config import build_config  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
@@ -34,11 +36,11 @@ from concutmix_cli.engine.loop import Trainer  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="a prepared folder")
     p.add_argument("--synthetic", action="store_true", help="built-in synthetic data (CPU smoke)")
-    p.add_argument("--steps", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=positive(int), default=24)
+    p.add_argument("--batch-size", type=positive(int), default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
@@ -109,4 +111,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -32,7 +32,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from argtypes import Parser, positive, run  # noqa: E402 (beside this file)
 from concutmix_cli.config import build_config, read_by_method  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
@@ -43,19 +45,19 @@ DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "cifar100.npz"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CIFAR-100 .npz archive")
     p.add_argument("--data", type=Path, help="an already prepared folder (skips preparing)")
     p.add_argument("--synthetic", action="store_true", help="use built-in synthetic data (CI)")
     p.add_argument("--preset", default="cifar100-lt-if100",
                    help="the recipe (model, views, batch size) measured [cifar100-lt-if100]")
     p.add_argument("--method", default="concutmix", choices=list(METHODS))
-    p.add_argument("--batch-size", type=int, default=None, help="[the preset's]")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--rounds", type=int, default=4,
+    p.add_argument("--batch-size", type=positive(int), default=None, help="[the preset's]")
+    p.add_argument("--steps", type=positive(int), default=20, help="timed steps")
+    p.add_argument("--warmup", type=positive(int, allow_zero=True), default=3, help="untimed steps first")
+    p.add_argument("--rounds", type=positive(int), default=4,
                    help="alternate real and ceiling steps in this many rounds (1: one after the other)")
-    p.add_argument("--profile-steps", type=int, default=None, help="synchronized profiled steps")
+    p.add_argument("--profile-steps", type=positive(int), default=None, help="synchronized profiled steps")
     p.add_argument("--device", default="auto")
     p.add_argument("--augment-on", default="auto", choices=["auto", "loader", "device"])
     p.add_argument("--step", default="auto", choices=["auto", "eager", "sync_free", "graphed"],
@@ -349,4 +351,4 @@ def _print_table(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

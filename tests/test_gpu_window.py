@@ -133,8 +133,7 @@ def test_the_plans_seconds_are_a_finite_number_of_zero_or_more(tmp_path, capsys,
     with pytest.raises(SystemExit) as stop:
         window.main(["plan", str(tmp_path), "--rows", "r01", "--left", left])
     assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert "argument --left: must be" in err and "Traceback" not in err
+    one_error_line(capsys.readouterr().err, "argument --left: must be")
     assert not (tmp_path / "plan.json").exists()
 
 
