@@ -14,8 +14,9 @@ from typing import Callable, NoReturn
 
 
 def refuse(message: str) -> NoReturn:
-    """One line on stderr, exit 2: the scripts' answer to bad input."""
-    print(f"error: {message}", file=sys.stderr)
+    """One line on stderr, exit 2: the scripts' answer to bad input. A message that spans lines
+    (a path or a wrapped library error in it) is joined into one."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(2)
 
 

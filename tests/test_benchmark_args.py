@@ -54,6 +54,18 @@ def test_counts_and_size_parse_what_the_window_passes():
             argtypes.size(bad)
 
 
+def test_a_refusal_that_spans_lines_is_one_line(capsys):
+    from concutmix_cli.errors import UserError
+
+    def main():
+        raise UserError("bad value for 'x':\n  Input should be\tgreater than 0")
+
+    with pytest.raises(SystemExit) as stop:
+        argtypes.run(main)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: bad value for 'x': Input should be greater than 0\n"
+
+
 # ----------------------------------------------------------------------------- each script
 
 
