@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from argtypes import Parser, positive, refuse  # noqa: E402 (beside this file; the standard library only)
+from argtypes import Parser, positive, refuse, run  # noqa: E402 (beside this file; the standard library only)
 from concutmix_cli.fileio import atomic_write_text  # noqa: E402 (the standard library only)
 
 MODES = ("eager", "sync_free", "graphed")
@@ -389,14 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         print(why, file=sys.stderr)
         print(mode)
     elif args.command == "plan":
-        from concutmix_cli.errors import UserError
-
         runs = args.runs or Path("runs/reproduce-tiny" if args.tiny else "runs/reproduce")
-        try:
-            decided = plan(args.work, [x for x in args.rows.split(",") if x], args.left,
-                           args.data_root, runs, args.tiny, os.cpu_count() or 1)
-        except UserError as err:  # a row id or a run folder that reproduce.py would refuse too
-            refuse(str(err))
+        decided = plan(args.work, [x for x in args.rows.split(",") if x], args.left, args.data_root,
+                       runs, args.tiny, os.cpu_count() or 1)
         (args.work / "plan.json").write_text(json.dumps(decided) + "\n")
         print(decided["why"], file=sys.stderr)
         print(f"{decided['parallel']} {','.join(decided['rows'])}")
@@ -412,4 +407,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)  # a UserError (an unknown row, a run folder reproduce.py refuses): one line

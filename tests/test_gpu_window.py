@@ -122,7 +122,7 @@ def test_window_2_plans_from_the_options_base_measured_in_the_given_mode(tmp_pat
 
 def test_an_unknown_row_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
-        window.main(["plan", str(tmp_path), "--rows", "r01,r99", "--left", "100"])
+        window.run(lambda: window.main(["plan", str(tmp_path), "--rows", "r01,r99", "--left", "100"]))
     assert stop.value.code == 2
     one_error_line(capsys.readouterr().err, "--only: unknown run r99")
     assert not (tmp_path / "plan.json").exists()
