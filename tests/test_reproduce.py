@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -49,24 +47,50 @@ def pct(fraction) -> str:
 
 DOC = "# notes\n\nbefore\n{begin}\nold table\n{end}\nafter: kept\n"
 
+STOP_HOOK = r"""
+# Test-only (the production code has no test hooks): in r10's first trainer, when step 0 of its
+# second epoch is planned, SIGTERM the script (this trainer's parent) and wait until the stop it
+# forwards has reached this process, so the stop lands mid-epoch whatever the machine's speed.
+import os, signal, sys, time
+
+if os.environ.get("CCM_TEST_STOP_SCRIPT_IN") and "--resume" not in sys.argv and any(
+        arg.endswith(os.sep + os.environ["CCM_TEST_STOP_SCRIPT_IN"]) for arg in sys.argv):
+    from concutmix_cli.data.sampling import EpochPlanner
+    from concutmix_cli.progress import TrainView
+
+    received, real_on_signal, real_plan = [], TrainView._on_signal, EpochPlanner.plan
+
+    def on_signal(self, signum, frame):
+        received.append(signum)
+        real_on_signal(self, signum, frame)
+
+    def plan(self, epoch, step):
+        if (epoch, step) == (1, 0) and not received:
+            os.kill(os.getppid(), signal.SIGTERM)
+            give_up = time.monotonic() + 600  # a guard against a hang, not a timing check
+            while not received and time.monotonic() < give_up:
+                time.sleep(0.01)
+        return real_plan(self, epoch, step)
+
+    TrainView._on_signal, EpochPlanner.plan = on_signal, plan
+"""
+
 
 @pytest.fixture(scope="module")
 def calls(tmp_path_factory):
-    """Call 1 trains r01, is stopped (SIGTERM to the script) while r10 is mid-run; call 2
-    completes r10 without touching r01 and writes the table into a document."""
+    """Call 1 trains r01, is stopped (SIGTERM to the script, sent by r10's trainer in step 0 of its
+    second epoch: STOP_HOOK) while r10 is mid-epoch; call 2 completes r10 without touching r01
+    and writes the table into a document."""
     root = tmp_path_factory.mktemp("reproduce")
-    out, data = root / "out", root / "data"
+    out, data, hook = root / "out", root / "data", root / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STOP_HOOK)
     args = [sys.executable, str(BENCH / "reproduce.py"), "--tiny", "--only", "r10,r01",
             "--out", str(out), "--data-root", str(data)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    give_up = time.monotonic() + 900  # a guard against a hang, not a timing check
-    while not rows(out / "r10"):  # r01 finished, r10 done with its first of two epochs
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < give_up, "r10 never finished an epoch"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=900)
-    first = {"rc": proc.returncode, "out": stdout, "err": stderr, "r01": tree(out / "r01"),
+    stop_env = dict(ENV, CCM_TEST_STOP_SCRIPT_IN="r10", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run(args, capture_output=True, text=True, env=stop_env, timeout=900)
+    first = {"rc": proc.returncode, "out": proc.stdout, "err": proc.stderr, "r01": tree(out / "r01"),
              "r10": tree(out / "r10"), "r10_rows": rows(out / "r10"),
              "table": (out / "table.md").read_text()}
     assert reproduce.main(["--table-only", *args[2:], "--archive", str(root / "arch1")]) == 0
@@ -100,7 +124,8 @@ def test_the_next_call_resumes_and_does_not_redo_finished_runs(calls):
     assert [r["epoch"] for r in rows(out / "r10")] == [1, 2]
     assert rows(out / "r10")[0] == calls["first"]["r10_rows"][0]
     log = (out / "logs" / "r10.log").read_text()
-    assert log.count("\n== ") == 2 and "--resume" in log and "resuming" in log
+    assert log.count("\n== ") == 2 and "--resume" in log
+    assert "at epoch 2, step 1\n" in log  # from the mid-epoch checkpoint STOP_HOOK's stop left
     sessions = json.loads((out / "r10" / table.SIDECAR).read_text())["sessions"]
     assert [(s["epochs_before"], s["epochs_after"]) for s in sessions] == [(0, 1), (1, 2)]
     assert sessions[0]["exit"] != 0 and sessions[1]["exit"] == 0
