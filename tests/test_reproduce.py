@@ -48,12 +48,13 @@ def pct(fraction) -> str:
 DOC = "# notes\n\nbefore\n{begin}\nold table\n{end}\nafter: kept\n"
 
 STOP_HOOK = r"""
-# Test-only (the production code has no test hooks): in r10's first trainer, when step 0 of its
-# second epoch is planned, SIGTERM the script (this trainer's parent) and wait until the stop it
-# forwards has reached this process, so the stop lands mid-epoch whatever the machine's speed.
+# Test-only (the production code has no test hooks; on the first call's PYTHONPATH alone): in
+# r10's trainer, when step 0 of its second epoch is planned, SIGTERM the script (this trainer's
+# parent) and wait until the stop it forwards has reached this process, so the stop lands
+# mid-epoch whatever the machine's speed.
 import os, signal, sys, time
 
-if os.environ.get("CCM_TEST_STOP_SCRIPT_IN") and "--resume" not in sys.argv and any(
+if os.environ.get("CCM_TEST_STOP_SCRIPT_IN") and any(
         arg.endswith(os.sep + os.environ["CCM_TEST_STOP_SCRIPT_IN"]) for arg in sys.argv):
     from concutmix_cli.data.sampling import EpochPlanner
     from concutmix_cli.progress import TrainView
@@ -124,7 +125,7 @@ def test_the_next_call_resumes_and_does_not_redo_finished_runs(calls):
     assert [r["epoch"] for r in rows(out / "r10")] == [1, 2]
     assert rows(out / "r10")[0] == calls["first"]["r10_rows"][0]
     log = (out / "logs" / "r10.log").read_text()
-    assert log.count("\n== ") == 2 and "--resume" in log
+    assert log.count("\n== ") == 2 and "--resume" in log and "resuming" in log
     assert "at epoch 2, step 1\n" in log  # from the mid-epoch checkpoint STOP_HOOK's stop left
     sessions = json.loads((out / "r10" / table.SIDECAR).read_text())["sessions"]
     assert [(s["epochs_before"], s["epochs_after"]) for s in sessions] == [(0, 1), (1, 2)]
