@@ -48,6 +48,15 @@ def one_error_line(err: str, *fragments: str) -> None:
         assert fragment in err, (fragment, err)
 
 
+def refused(capsys, call, *fragments: str) -> None:
+    """`call()` exits with code 2 and one `error:` line holding each fragment (a benchmark
+    script's refusal, which raises SystemExit rather than returning a code)."""
+    with pytest.raises(SystemExit) as stop:
+        call()
+    assert stop.value.code == 2
+    one_error_line(capsys.readouterr().err, *fragments)
+
+
 def tree(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes (to compare a folder before and after)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))

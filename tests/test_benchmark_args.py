@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.conftest import load_benchmark, one_error_line
+from tests.conftest import load_benchmark, refused
 
 argtypes = load_benchmark("argtypes")
 scale = load_benchmark("imagenet_scale")
@@ -67,13 +67,6 @@ def test_a_refusal_that_spans_lines_is_one_line(capsys):
 
 
 # ----------------------------------------------------------------------------- each script
-
-
-def refused(capsys, call, *fragments: str) -> None:
-    with pytest.raises(SystemExit) as stop:
-        call()
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, *fragments)
 
 
 @pytest.mark.parametrize("extra,fragment", [

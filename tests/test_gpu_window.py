@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import load_benchmark, one_error_line
+from tests.conftest import load_benchmark, refused
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -121,19 +121,15 @@ def test_window_2_plans_from_the_options_base_measured_in_the_given_mode(tmp_pat
 
 
 def test_an_unknown_row_is_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        window.run(lambda: window.main(["plan", str(tmp_path), "--rows", "r01,r99", "--left", "100"]))
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, "--only: unknown run r99")
+    refused(capsys, lambda: window.run(lambda: window.main(
+        ["plan", str(tmp_path), "--rows", "r01,r99", "--left", "100"])), "--only: unknown run r99")
     assert not (tmp_path / "plan.json").exists()
 
 
 @pytest.mark.parametrize("left", ["nan", "-1", "inf", "soon"])
 def test_the_plans_seconds_are_a_finite_number_of_zero_or_more(tmp_path, capsys, left):
-    with pytest.raises(SystemExit) as stop:
-        window.main(["plan", str(tmp_path), "--rows", "r01", "--left", left])
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, "argument --left: must be")
+    refused(capsys, lambda: window.main(["plan", str(tmp_path), "--rows", "r01", "--left", left]),
+            "argument --left: must be")
     assert not (tmp_path / "plan.json").exists()
 
 
@@ -143,10 +139,8 @@ def test_the_plans_seconds_are_a_finite_number_of_zero_or_more(tmp_path, capsys,
                                   ["pick-step", "{missing}"]])
 def test_a_missing_window_folder_is_one_line(tmp_path, capsys, argv):
     missing = tmp_path / "missing"
-    with pytest.raises(SystemExit) as stop:
-        window.main([a.format(missing=missing, here=tmp_path) for a in argv])
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, f"{missing} is not a folder")
+    refused(capsys, lambda: window.main([a.format(missing=missing, here=tmp_path) for a in argv]),
+            f"{missing} is not a folder")
     assert list(tmp_path.iterdir()) == []  # nothing written anywhere
 
 
@@ -195,10 +189,7 @@ def test_the_record_summary_and_document_section(tmp_path, capsys):
     window.write_doc(results, doc)
     assert doc.read_text() == f"# head\n\n{window.BEGIN}\n{text}{window.END}\n\ntail\n"
     doc.write_text("no markers\n")
-    with pytest.raises(SystemExit) as stop:
-        window.write_doc(results, doc)
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, "no single pair of gpu-results markers")
+    refused(capsys, lambda: window.write_doc(results, doc), "no single pair of gpu-results markers")
     assert doc.read_text() == "no markers\n"
 
 
@@ -208,28 +199,23 @@ def test_a_file_that_is_no_record_is_one_line_and_the_document_is_kept(tmp_path,
     record.parent.mkdir()
     if body is not None:  # None: the file is missing (only `summary` names one)
         record.write_text(body)
-    with pytest.raises(SystemExit) as stop:
-        window.main(["summary", str(record)])
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, f"{record} is not a GPU window's record")
+    refused(capsys, lambda: window.main(["summary", str(record)]),
+            f"{record} is not a GPU window's record")
     if body is None:
         return
     doc = tmp_path / "doc.md"
     doc.write_text(f"# head\n\n{window.BEGIN}\nold\n{window.END}\n")
     before = doc.read_bytes()
-    with pytest.raises(SystemExit) as stop:
-        window.main(["doc", "--results", str(record.parent), "--doc", str(doc)])
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, f"{record} is not a GPU window's record")
+    refused(capsys, lambda: window.main(["doc", "--results", str(record.parent), "--doc", str(doc)]),
+            f"{record} is not a GPU window's record")
     assert doc.read_bytes() == before
 
 
 def test_a_missing_document_is_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        window.main(["doc", "--results", str(tmp_path), "--doc", str(tmp_path / "doc.md")])
-    assert stop.value.code == 2
-    one_error_line(capsys.readouterr().err, f"cannot read {tmp_path / 'doc.md'}")
-    assert not (tmp_path / "doc.md").exists()
+    doc = tmp_path / "doc.md"
+    refused(capsys, lambda: window.main(["doc", "--results", str(tmp_path), "--doc", str(doc)]),
+            f"cannot read {doc}")
+    assert not doc.exists()
 
 
 def test_the_documents_gpu_section_is_the_generated_one(tmp_path):
