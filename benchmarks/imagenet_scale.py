@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from argtypes import Parser, between, counts, positive, run, size  # noqa: E402 (beside this file)
+from concutmix_cli.config import STEP_MODES  # noqa: E402
 from concutmix_cli.fileio import atomic_write_text  # noqa: E402
 IMAGENET_LT_TRAIN = 115_846
 """Training images of ImageNet-LT (Liu et al. 2019): the projection's epoch."""
@@ -167,7 +168,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive(int), default=None, help="[the preset's: 256]")
     p.add_argument("--steps", type=positive(int), default=8, help="timed steps per worker count")
     p.add_argument("--warmup", type=positive(int, allow_zero=True), default=3)
-    p.add_argument("--step", default=None, choices=["auto", "eager", "sync_free", "graphed"],
+    p.add_argument("--step", default=None, choices=STEP_MODES,
                    help="runtime.step [the preset's]")
     p.add_argument("--device", default="auto")
     p.add_argument("--timeout", type=positive(float), default=240, help="seconds per worker count")

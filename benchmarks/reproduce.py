@@ -48,7 +48,7 @@ import repro_table as table  # noqa: E402  (beside this file)
 from argtypes import positive  # noqa: E402  (beside this file)
 from repro_table import Reference  # noqa: E402
 
-from concutmix_cli.config import build_config, read_by_method, upgrade_saved_config  # noqa: E402
+from concutmix_cli.config import STEP_MODES, build_config, read_by_method, upgrade_saved_config  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
 from concutmix_cli.engine.resume import changed_settings  # noqa: E402
 from concutmix_cli.engine.runlock import LOCK_NAME  # noqa: E402
@@ -750,7 +750,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--only", help="comma-separated run ids (r01,r03); kept in the plan's order")
     parser.add_argument("--parallel", type=positive(int), default=1,
                         help="trainer processes at once on the one device")
-    parser.add_argument("--step", choices=("auto", "eager", "sync_free", "graphed"),
+    parser.add_argument("--step", choices=STEP_MODES,
                         help="runtime.step of the trainers in this call [each run's own]; a run "
                              "may be resumed in another mode")
     parser.add_argument("--time-budget", type=positive(float),

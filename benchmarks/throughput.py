@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from argtypes import Parser, positive, run  # noqa: E402 (beside this file)
-from concutmix_cli.config import build_config, read_by_method  # noqa: E402
+from concutmix_cli.config import STEP_MODES, build_config, read_by_method  # noqa: E402
 from concutmix_cli.data.prepare import prepare  # noqa: E402
 from concutmix_cli.engine.checkpoint import RunFolder  # noqa: E402
 from concutmix_cli.engine.loop import Trainer  # noqa: E402
@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=positive(int), default=None, help="synchronized profiled steps")
     p.add_argument("--device", default="auto")
     p.add_argument("--augment-on", default="auto", choices=["auto", "loader", "device"])
-    p.add_argument("--step", default="auto", choices=["auto", "eager", "sync_free", "graphed"],
+    p.add_argument("--step", default="auto", choices=STEP_MODES,
                    help="runtime.step")
     p.add_argument("--num-workers", type=int, default=-1)
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override")

@@ -11,7 +11,7 @@ import json
 import tomllib  # Python >= 3.11 (pyproject.toml: requires-python)
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
@@ -126,6 +126,11 @@ class MethodConfig(_Section):
     -1 rectifies from the first epoch."""
 
 
+StepMode = Literal["auto", "eager", "sync_free", "graphed"]
+STEP_MODES: tuple[str, ...] = get_args(StepMode)
+"""runtime.step's values, for the scripts' --step choices (RuntimeConfig.step says what each does)."""
+
+
 class RuntimeConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -142,7 +147,7 @@ class RuntimeConfig(_Section):
     """Non-finite losses to skip (batch dropped) before the run stops; 0 stops at the first."""
     max_steps_per_epoch: int = Field(0, ge=0)
     """Cap on steps per epoch (0 = the whole epoch); for smoke runs and benchmarks."""
-    step: Literal["auto", "eager", "sync_free", "graphed"] = "auto"
+    step: StepMode = "auto"
     """How a training step runs (engine/steps.py). eager: checks each loss on the host and
     reports a bad step at once. sync_free: the same arithmetic with no host sync (a non-finite
     step is skipped on the device by the fused SGD and counted; read every few steps). graphed:
