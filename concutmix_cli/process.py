@@ -36,6 +36,13 @@ def _raise_signalled(signum, _frame) -> None:
     raise Signalled(signum)
 
 
+def ignored(sig: int) -> bool:
+    """True where whoever started the process asked it to ignore `sig`: SIGHUP under nohup, SIGINT
+    in a shell script's background job. A command never takes such a signal over (training would
+    otherwise stop when the terminal of a `nohup concutmix train` closes)."""
+    return signal.getsignal(sig) is signal.SIG_IGN
+
+
 @contextlib.contextmanager
 def termination_signals() -> Iterator[None]:
     """While inside: SIGTERM / SIGHUP raise `Signalled` where they would have killed the process

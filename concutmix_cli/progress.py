@@ -18,6 +18,7 @@ from rich.measure import Measurement
 
 from concutmix_cli.errors import UserError
 from concutmix_cli.events import EpochDone, EpochStarted, Message, StepDone, StopFlag, WorkProgress
+from concutmix_cli.process import ignored
 
 
 def parse_every(text: str) -> tuple[str, float]:
@@ -108,7 +109,8 @@ class TrainView:
     and a line per epoch; elsewhere a line every `every` steps or seconds and one per epoch, none
     wider than the console. Owns SIGINT/SIGTERM/SIGHUP while epochs run: they ask the run to stop at
     the next optimizer step, which checkpoints, so `--resume` continues exactly; a second signal
-    interrupts at once (the last checkpoint stays the resume point)."""
+    interrupts at once (the last checkpoint stays the resume point). A signal the process was
+    started ignoring (SIGHUP under nohup) stays ignored."""
 
     SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
@@ -145,7 +147,8 @@ class TrainView:
         """From now on SIGINT/SIGTERM/SIGHUP ask for a stop instead of killing the process (called
         before the run is set up, so a scheduler's SIGTERM during setup is not fatal either)."""
         if not self.previous:
-            self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+            self.previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS
+                             if not ignored(sig)}
 
     def _epoch_started(self, event: EpochStarted) -> None:
         self.take_signals()

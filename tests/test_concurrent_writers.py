@@ -34,6 +34,12 @@ from concutmix_cli.data import staging
 
 action, flag = sys.argv[1], Path(sys.argv[2])
 real_stage, real_replace = staging.stage_arrays, os.replace
+# a process started from a terminal, whatever the test runner's own (under nohup SIGHUP is ignored
+# and inherited); "nohup" asks for nohup's
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_DFL)
+if action == "nohup":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 def stage(staging, *args, **kwargs):
     fields = real_stage(staging, *args, **kwargs)  # the split files are in the staging folder
@@ -44,6 +50,8 @@ def stage(staging, *args, **kwargs):
     elif action in ("TERM", "HUP", "KILL"):
         os.kill(os.getpid(), getattr(signal, "SIG" + action))
         time.sleep(30)
+    elif action == "nohup":  # the terminal closed
+        os.kill(os.getpid(), signal.SIGHUP)
     return fields
 
 def replace(src, dst):  # "swap": killed after the old dataset was moved aside
@@ -91,6 +99,17 @@ def test_sigterm_or_sighup_during_prepare_leaves_no_staging_folder(tmp_path, sig
     assert proc.returncode == 128 + getattr(signal, "SIG" + sig), err
     assert f"interrupted (SIG{sig})" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staged"]
+
+
+def test_sighup_under_nohup_is_ignored_by_prepare(tmp_path):
+    """Under nohup (SIGHUP ignored) the terminal closing does not stop prepare: it finishes, exit
+    0, the dataset in place and nothing staged left beside it."""
+    out = tmp_path / "data"
+    proc = _child("nohup", tmp_path / "staged", *PREPARE, "--out", out)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert (out / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "staged"]
 
 
 def test_what_a_killed_prepare_left_is_removed_by_the_next_one(cli, tmp_path):

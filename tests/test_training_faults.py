@@ -155,6 +155,19 @@ def _restore_global_torch_state():
 
 
 @pytest.fixture
+def terminal_signals():
+    """The signal handlers of a command started from a terminal, whatever the test runner's: a
+    background job or nohup starts pytest with SIGINT / SIGHUP ignored, which training keeps."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
 def one_thread():
     """Bit-exact results need the same intra-op thread count as the children (OMP=1): CPU
     kernels split their reductions by thread."""
@@ -315,18 +328,25 @@ def test_grad_scaler_skipped_steps_are_counted(data4, tmp_path):
     assert trainer._state(0, 1)["scaler"]["scale"] == 2.0**126  # saved with the checkpoint
 
 
-def test_sigint_finishes_the_step_saves_and_exits_130(cli, wide, data4, tmp_path, monkeypatch):
+def _signal_at_first_step(monkeypatch, *signals: int) -> None:
+    """The in-process run sends itself `signals` as it plans step 0 of epoch 0 (in training)."""
     from concutmix_cli.data.sampling import EpochPlanner
 
     real_plan = EpochPlanner.plan
 
     def plan(self, epoch, step):
         if (epoch, step) == (0, 0):
-            os.kill(os.getpid(), signal.SIGINT)
+            for sig in signals:
+                os.kill(os.getpid(), sig)
         return real_plan(self, epoch, step)
 
     monkeypatch.setattr(EpochPlanner, "plan", plan)
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
+
+
+def test_sigint_finishes_the_step_saves_and_exits_130(cli, wide, data4, tmp_path, monkeypatch,
+                                                       terminal_signals):
+    _signal_at_first_step(monkeypatch, signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "r"
     code, out, err = cli("train", "--data", data4, "--out", run, *TRAIN_ARGS)
     assert code == 130, err
@@ -339,7 +359,7 @@ def test_sigint_finishes_the_step_saves_and_exits_130(cli, wide, data4, tmp_path
 
 
 def test_sigterm_during_setup_stops_before_training_and_resume_starts_over(
-        cli, data4, tmp_path, monkeypatch):
+        cli, data4, tmp_path, monkeypatch, terminal_signals):
     """A scheduler's SIGTERM while the run is set up (before the first epoch) is not fatal:
     the run stops with 143 before any step, leaves its config and no checkpoint, and releases
     its lock; --resume then trains from the beginning."""
@@ -368,20 +388,10 @@ def test_sigterm_during_setup_stops_before_training_and_resume_starts_over(
     assert [r["epoch"] for r in _metrics(run)] == list(range(1, EPOCHS + 1))
 
 
-def test_a_second_signal_interrupts_at_once(cli, data4, tmp_path, monkeypatch):
+def test_a_second_signal_interrupts_at_once(cli, data4, tmp_path, monkeypatch, terminal_signals):
     """The first SIGINT asks for a stop at the step's end; a second one, before it comes, does
     not wait: "interrupted", exit 130, the lock released and no temporary left."""
-    from concutmix_cli.data.sampling import EpochPlanner
-
-    real_plan = EpochPlanner.plan
-
-    def plan(self, epoch, step):
-        if (epoch, step) == (0, 0):
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_plan(self, epoch, step)
-
-    monkeypatch.setattr(EpochPlanner, "plan", plan)
+    _signal_at_first_step(monkeypatch, signal.SIGINT, signal.SIGINT)
     before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "r"
     code, out, err = cli("train", "--data", data4, "--out", run, *TRAIN_ARGS)
@@ -390,6 +400,20 @@ def test_a_second_signal_interrupts_at_once(cli, data4, tmp_path, monkeypatch):
     assert _index(run) == [] and not (run / ".concutmix.lock").exists()
     assert not _temporaries(run)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_sighup_under_nohup_does_not_stop_training(cli, data4, tmp_path, monkeypatch,
+                                                   terminal_signals):
+    """`nohup concutmix train`: the terminal closing (SIGHUP, ignored by nohup) used to stop the
+    run with 129, as training took SIGHUP over. Now it stays ignored: all epochs, exit 0."""
+    _signal_at_first_step(monkeypatch, signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    run = tmp_path / "r"
+    code, out, err = cli("train", "--data", data4, "--out", run, *TRAIN_ARGS)
+    assert code == 0, err
+    assert f"done: {run}" in out and "stopped" not in out
+    assert [r["epoch"] for r in _metrics(run)] == list(range(1, EPOCHS + 1))
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
 # ----------------------------------------------------------------------------- the run folder
